@@ -1,0 +1,336 @@
+"""N2D2 weights folders, both ways (reference/n2d2.md §8.1).
+
+A folder holds text files named after the cells (``Utils::filePath``: control characters and ``< > : " | ? *``
+become ``_``; ``/`` is kept and makes sub-directories):
+
+==================================  =================================================================
+``<cell>_weights.syntxt``           Conv: one line per output channel, for each *connected* input channel
+                                    its kH*kW kernel in row-major order (= ``weight[o].flatten()`` when all
+                                    channels are connected); Fc: one line per output, C*H*W inputs. Each
+                                    value is followed by a space.
+``<cell>_biases.syntxt``            one value per line (Conv/Fc with ``NoBias=0``; BN beta)
+``<cell>_quant_weights.syntxt``     Conv fake-quantized weights (written, never read);
+``<cell>_quant_weights_quant.syntxt``  the Fc ones (N2D2's name)
+``<cell>_scales|means|variances``   BatchNorm gamma, running mean, running (unbiased) variance, one per line
+``<cell>_<what>.syntxt``            a scalar (``QAct_SAT_Alpha``, ``QAct_LSQ_StepSize``, ``alphaW_LSQ``):
+                                    one number, no newline
+``<cell>_weights.distrib.dat``      all weights sorted ascending, one per line (also ``_biases``,
+                                    ``_weights_quant``)
+==================================  =================================================================
+
+Values are printed like C++ ``ostream`` (``%g``) with 6 significant digits, or 10 for cells that have a
+quantizer (N2D2 raises the precision there); the shipped golden folder, written by an older N2D2, uses 6
+everywhere. Reading follows ``ConvCell::importFreeParameters``: whitespace-separated values; too few is
+``Error while reading synaptic file: F``, too many ``Synaptic file size larger than expected: F``; a missing
+weights file is tolerated under ``-w`` (a notice) but a missing biases file of a cell with biases is not.
+
+The network is described by plain :class:`Entry` records (cell name, kind, tensors), so this module knows
+nothing of the graph. Folders are written atomically: into ``<dir>.tmp-<pid>``, then renamed over ``<dir>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qatrun.errors import DataError
+
+KINDS = ("conv", "fc", "bn", "scalar")
+# Files of each kind, in the order N2D2 reads them; conv/fc biases are present only for NoBias=0.
+_BN_ROLES = ("scales", "biases", "means", "variances")
+_QUANT_FILE = {"conv": "quant_weights", "fc": "quant_weights_quant"}
+_FORBIDDEN = set('<>:"|?*')
+
+
+@dataclass
+class Entry:
+    """One cell's free parameters, as tensors shared with the model (import copies into them).
+
+    Attributes:
+        name: the cell (INI section) name; the file stem before sanitising.
+        kind: ``"conv"`` (weights O x C x kH x kW), ``"fc"`` (weights O x N), ``"bn"`` or ``"scalar"``.
+        tensors: conv/fc: ``weights``, optional ``biases`` (present means ``NoBias=0``), optional
+            ``quant_weights`` (written only); bn: ``scales``, ``biases``, ``means``, ``variances``; scalar: one
+            or more ``{suffix: tensor of one element}``, written to ``<name>_<suffix>.syntxt``.
+        mask: conv only: a 0/1 tensor of the weights' shape; input channels whose kernel is all zero for an
+            output are not connected to it and are absent from that output's line.
+        digits: significant digits when writing (6; 10 for cells with a quantizer).
+    """
+
+    name: str
+    kind: str
+    tensors: dict[str, torch.Tensor]
+    mask: torch.Tensor | None = None
+    digits: int = 6
+
+    def __post_init__(self) -> None:
+        assert self.kind in KINDS, self.kind
+        if self.kind in ("conv", "fc"):
+            assert "weights" in self.tensors, self.name
+            assert set(self.tensors) <= {"weights", "biases", "quant_weights"}, self.tensors.keys()
+        elif self.kind == "bn":
+            assert set(self.tensors) == set(_BN_ROLES), self.tensors.keys()
+        else:
+            assert all(t.numel() == 1 for t in self.tensors.values()), self.name
+        assert self.mask is None or (self.kind == "conv" and self.mask.shape == self.tensors["weights"].shape)
+
+
+def file_path(name: str) -> str:
+    """N2D2's ``Utils::filePath``: control characters and ``< > : " | ? *`` become ``_``; ``/`` is kept."""
+    return "".join("_" if ord(ch) < 32 or ch == "\x7f" or ch in _FORBIDDEN else ch for ch in name)
+
+
+def cell_file(folder: str | os.PathLike[str], name: str, suffix: str) -> Path:
+    """``<folder>/<filePath(name)>_<suffix>``, a name with ``/`` landing in a sub-directory of ``folder``."""
+    # Concatenated, not joined: a cell name starting with "/" stays inside the folder, as in N2D2.
+    return Path(f"{os.fspath(folder)}/{file_path(name)}_{suffix}")
+
+
+def format_value(value: float, digits: int) -> str:
+    """A number as C++ ``ostream << value`` prints it with ``precision(digits)`` (``%g``)."""
+    return format(value, f".{digits}g")
+
+
+# ---------------------------------------------------------------------------------------------- layouts
+
+
+def _connected(entry: Entry) -> torch.Tensor | None:
+    """O x C booleans: input channel c feeds output o (``None``: all connected)."""
+    if entry.mask is None:
+        return None
+    return entry.mask.flatten(2).ne(0).any(dim=2)
+
+
+def _weight_rows(entry: Entry, weights: torch.Tensor) -> list[torch.Tensor]:
+    """One 1-D tensor per output line: the connected kernels of that output, in channel order."""
+    flat = weights.detach().reshape(weights.shape[0], -1).to(torch.float64)
+    connected = _connected(entry)
+    if connected is None:
+        return list(flat)
+    per_channel = weights.detach().to(torch.float64).flatten(2)  # O x C x kH*kW
+    return [per_channel[o][connected[o]].flatten() for o in range(weights.shape[0])]
+
+
+def _line(values: torch.Tensor, digits: int) -> str:
+    return "".join(format_value(v, digits) + " " for v in values.tolist()) + "\n"
+
+
+def _column(values: torch.Tensor, digits: int) -> str:
+    return "".join(format_value(v, digits) + "\n" for v in values.detach().flatten().tolist())
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def export_folder(folder: str | os.PathLike[str], entries: Iterable[Entry], *, distrib: bool = True) -> None:
+    """Writes an N2D2 weights folder, replacing ``folder`` atomically.
+
+    Args:
+        folder: the folder to (re)create, e.g. ``weights_validation``.
+        entries: the cells' parameters.
+        distrib: also write the ``*.distrib.dat`` weight distributions.
+    """
+    with atomic_folder(folder) as tmp:
+        for entry in entries:
+            write_entry(tmp, entry, distrib=distrib)
+
+
+def write_entry(folder: str | os.PathLike[str], entry: Entry, *, distrib: bool = True) -> None:
+    """Writes one cell's files into an existing folder (sub-directories are created as needed)."""
+    digits = entry.digits
+    files: dict[str, str] = {}
+    if entry.kind in ("conv", "fc"):
+        weights = entry.tensors["weights"]
+        files["weights.syntxt"] = "".join(_line(row, digits) for row in _weight_rows(entry, weights))
+        if "biases" in entry.tensors:
+            files["biases.syntxt"] = _column(entry.tensors["biases"], digits)
+        if "quant_weights" in entry.tensors:
+            quant = entry.tensors["quant_weights"]
+            files[f"{_QUANT_FILE[entry.kind]}.syntxt"] = "".join(
+                _line(row, digits) for row in _weight_rows(entry, quant)
+            )
+        if distrib:
+            files.update(_distributions(entry))
+    elif entry.kind == "bn":
+        for role in _BN_ROLES:
+            files[f"{role}.syntxt"] = _column(entry.tensors[role], digits)
+    else:
+        for suffix, tensor in entry.tensors.items():
+            files[f"{suffix}.syntxt"] = format_value(float(tensor.detach().reshape(())), digits)
+    for suffix, text in files.items():
+        path = cell_file(folder, entry.name, suffix)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+def _distributions(entry: Entry) -> dict[str, str]:
+    """``<cell>_weights.distrib.dat`` & co: every (connected) value sorted ascending, 10 digits."""
+    roles = {"weights": "weights", "biases": "biases", "quant_weights": "weights_quant"}
+    out = {}
+    for role, stem in roles.items():
+        if role not in entry.tensors:
+            continue
+        tensor = entry.tensors[role]
+        values = torch.cat(_weight_rows(entry, tensor)) if role != "biases" else tensor.detach().flatten()
+        out[f"{stem}.distrib.dat"] = _column(values.to(torch.float64).sort().values, 10)
+    return out
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yields a fresh temporary folder that replaces ``folder`` when the block succeeds.
+
+    The files go to ``<folder>.tmp-<pid>``; on success the old folder is moved aside and the new one renamed
+    into place (two renames), so an interrupted run leaves either the old or the new folder, never a half
+    written one. On failure the temporary folder is removed and ``folder`` is untouched.
+    """
+    target = Path(folder)
+    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    old = target.with_name(f"{target.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------- import
+
+
+def read_values(path: str | os.PathLike[str]) -> torch.Tensor:
+    """All whitespace-separated numbers of a text file, as float64 (``-0``, ``nan`` and ``inf`` accepted).
+
+    Raises:
+        DataError: the file holds something that is not a number.
+    """
+    tokens = Path(path).read_text().split()
+    try:
+        return torch.tensor([float(t) for t in tokens], dtype=torch.float64)
+    except ValueError as exc:
+        raise DataError(f"Error while reading synaptic file: {os.fspath(path)} ({exc})") from None
+
+
+def _fill(path: Path, values: torch.Tensor, targets: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
+    """Copies ``values`` into the targets in order, checking N2D2's size rules.
+
+    Each target is ``(tensor, positions)``: ``positions`` a boolean mask of the tensor's elements that are
+    stored (``None``: all of them, in row-major order).
+    """
+    needed = sum(t.numel() if m is None else int(m.sum()) for t, m in targets)
+    if values.numel() < needed:
+        raise DataError(f"Error while reading synaptic file: {path}")
+    if values.numel() > needed:
+        raise DataError(f"Synaptic file size larger than expected: {path}")
+    start = 0
+    with torch.no_grad():
+        for tensor, positions in targets:
+            if positions is None:
+                chunk = values[start : start + tensor.numel()]
+                tensor.copy_(chunk.view(tensor.shape))
+                start += tensor.numel()
+            else:
+                count = int(positions.sum())
+                # boolean-mask assignment fills the True positions in row-major order
+                tensor[positions] = values[start : start + count].to(tensor.dtype)
+                start += count
+
+
+def _weight_positions(entry: Entry) -> torch.Tensor | None:
+    connected = _connected(entry)
+    if connected is None:
+        return None
+    weights = entry.tensors["weights"]
+    return connected[:, :, None, None].expand(weights.shape).contiguous()
+
+
+def import_folder(
+    folder: str | os.PathLike[str],
+    entries: Iterable[Entry],
+    *,
+    ignore_missing: bool = False,
+    notify: Callable[[str], None] | None = None,
+) -> list[Path]:
+    """Reads an N2D2 weights folder into the entries' tensors (in place).
+
+    Args:
+        folder: the folder, e.g. the ``-w`` argument.
+        entries: the cells to read; files of other cells in the folder are ignored, as in N2D2.
+        ignore_missing: tolerate missing files (``-w``, ``-w-ignore``): the cell keeps its values and a notice
+            is given. A missing biases file of a cell that has biases is an error even then.
+        notify: receives each notice (default: printed on stderr).
+
+    Returns:
+        The files that were missing.
+
+    Raises:
+        DataError: a file is missing (when not tolerated), malformed or of the wrong size.
+    """
+    missing: list[Path] = []
+
+    def absent(path: Path) -> None:
+        if not ignore_missing:
+            raise DataError(f"Could not open synaptic file: {path}")
+        missing.append(path)
+        (notify or _stderr)(f"Notice: Could not open synaptic file: {path}")
+
+    for entry in entries:
+        if entry.kind in ("conv", "fc"):
+            _import_weights(folder, entry, absent)
+        elif entry.kind == "bn":
+            _import_bn(folder, entry, absent)
+        else:
+            for suffix, tensor in entry.tensors.items():
+                path = cell_file(folder, entry.name, f"{suffix}.syntxt")
+                if path.is_file():
+                    _fill(path, read_values(path), [(tensor, None)])
+                else:
+                    absent(path)
+    return missing
+
+
+def _import_weights(folder: str | os.PathLike[str], entry: Entry, absent: Callable[[Path], None]) -> None:
+    weights = (entry.tensors["weights"], _weight_positions(entry))
+    biases = entry.tensors.get("biases")
+    single = Path(f"{os.fspath(folder)}/{file_path(entry.name)}.syntxt")
+    if single.is_file():  # N2D2's one-file form: the weights, then the biases
+        targets = [weights] + ([(biases, None)] if biases is not None else [])
+        _fill(single, read_values(single), targets)
+        return
+    path = cell_file(folder, entry.name, "weights.syntxt")
+    if not path.is_file():
+        absent(path)
+        return
+    _fill(path, read_values(path), [weights])
+    if biases is not None:
+        path = cell_file(folder, entry.name, "biases.syntxt")
+        if not path.is_file():
+            raise DataError(f"Could not open synaptic file: {path} (the cell has biases: NoBias=0)")
+        _fill(path, read_values(path), [(biases, None)])
+
+
+def _import_bn(folder: str | os.PathLike[str], entry: Entry, absent: Callable[[Path], None]) -> None:
+    paths = {role: cell_file(folder, entry.name, f"{role}.syntxt") for role in _BN_ROLES}
+    if not paths["scales"].is_file():
+        absent(paths["scales"])
+        return
+    for role, path in paths.items():
+        if not path.is_file():
+            raise DataError(f"Could not open synaptic file: {path}")
+        _fill(path, read_values(path), [(entry.tensors[role], None)])
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
