@@ -45,14 +45,16 @@ Where qatrun differs from N2D2, and why:
 
 from __future__ import annotations
 
+import difflib
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
-from qatrun.errors import ConfigError
+from qatrun.errors import ConfigError, Location
+from qatrun.ini import Key, Params, Section
 
 SOLVER_TYPES = ("SGD", "Adam")
 LR_POLICIES = (
@@ -74,7 +76,7 @@ class SolverConfig:
 
     Attributes:
         type: ``"SGD"`` or ``"Adam"``.
-        learning_rate: base rate (``LearningRate``; N2D2's default is 0.01 for SGD, 0.001 for Adam).
+        learning_rate: base rate (``LearningRate``; by default N2D2's: 0.01 for SGD, 0.001 for Adam).
         momentum: ``Momentum`` (SGD).
         decay: L2 weight decay ``Decay`` (SGD), multiplied by the un-normalised rate.
         policy: ``LearningRatePolicy`` (SGD), one of :data:`LR_POLICIES`.
@@ -94,7 +96,7 @@ class SolverConfig:
     """
 
     type: str = "SGD"
-    learning_rate: float = 0.01
+    learning_rate: float = None  # type: ignore[assignment]  # None: the type's default, set below
     momentum: float = 0.0
     decay: float = 0.0
     policy: str = "None"
@@ -114,9 +116,21 @@ class SolverConfig:
 
     def __post_init__(self) -> None:
         assert self.type in SOLVER_TYPES, self.type
+        if self.learning_rate is None:
+            object.__setattr__(self, "learning_rate", 0.01 if self.type == "SGD" else 0.001)
         assert self.policy in LR_POLICIES, self.policy
         assert self.step_size >= 1 and self.iteration_size >= 1, self
         assert self.type == "SGD" or (self.policy == "None" and self.iteration_size == 1), self
+
+    @classmethod
+    def from_params(cls, section: Section, params: Params, role: str) -> SolverConfig:
+        """The solver of one parameter role of a layer, read from the INI (see :func:`_read_solver`)."""
+        return _read_solver(section, params, role)
+
+    @classmethod
+    def from_plan(cls, plan: SolverSource | None) -> SolverConfig:
+        """The solver of a quantizer parameter, from the quant package's plain data (see :func:`_solver_from_plan`)."""
+        return _solver_from_plan(plan)
 
     @property
     def clamps(self) -> bool:
@@ -296,3 +310,186 @@ def group_by_solver(
         group = groups.setdefault(cfg, {"params": [], "solver": cfg, "name": name})
         group["params"].append(param)
     return list(groups.values())
+
+
+# ------------------------------------------------------------------------------------------ reading the INI
+
+_COMMON_KEYS: tuple[tuple[str, Key], ...] = (
+    ("clamping", Key("Clamping", "str", "", 'clamp after each update: "min:max", ":max" or "min:"')),
+)
+SGD_KEYS: tuple[tuple[str, Key], ...] = (
+    ("learning_rate", Key("LearningRate", "float", 0.01, "base learning rate")),
+    ("momentum", Key("Momentum", "float", 0.0, "momentum (Caffe style: the rate is inside the velocity)")),
+    ("decay", Key("Decay", "float", 0.0, "L2 weight decay, multiplied by the un-normalised rate")),
+    ("policy", Key("LearningRatePolicy", "enum", "None", "learning-rate schedule", choices=LR_POLICIES)),
+    ("step_size", Key("LearningRateStepSize", "int", 1, "schedule step, in samples (Step/Exp/InvT/Cosine)")),
+    ("lr_decay", Key("LearningRateDecay", "float", 0.1, "decay factor of the schedule")),
+    ("power", Key("Power", "float", 0.0, "exponent of PolyDecay and InvDecay")),
+    ("max_iterations", Key("MaxIterations", "int", 0, "PolyDecay: updates; CosineDecay: steps; 0: none")),
+    ("iteration_size", Key("IterationSize", "int", 1, "batches accumulated per update")),
+    ("warm_up_duration", Key("WarmUpDuration", "int", 0, "CosineDecay warm-up length, in steps")),
+    ("warm_up_lr_frac", Key("WarmUpLRFrac", "float", 0.25, "rate fraction at the start of the warm-up")),
+    ("min_decay", Key("MinDecay", "float", 0.0, "CosineDecay floor, a fraction of the rate")),
+    ("polyak_momentum", Key("PolyakMomentum", "bool", True, "declared by N2D2, unused by its update")),
+    *_COMMON_KEYS,
+)
+ADAM_KEYS: tuple[tuple[str, Key], ...] = (
+    ("learning_rate", Key("LearningRate", "float", 0.001, "step size")),
+    ("beta1", Key("Beta1", "float", 0.9, "decay of the first-moment estimate")),
+    ("beta2", Key("Beta2", "float", 0.999, "decay of the second-moment estimate")),
+    ("epsilon", Key("Epsilon", "float", 1e-8, "denominator offset")),
+    *_COMMON_KEYS,
+)
+_KEYS = {"SGD": SGD_KEYS, "Adam": ADAM_KEYS}
+
+# Solver type keys of a layer section, and the roles that read them (reference/n2d2.md §1.4).
+SOLVERS = Key("Solvers", "enum", "SGD", "solver of every parameter of the cell", choices=("SGD", "Adam", "ADAM"))
+ROLES = ("WeightsSolver", "BiasSolver", "ScaleSolver")
+_ROLE_KEYS = {
+    role: Key(role, "enum", "SGD", f"solver of the cell's {role[:-6].lower()}", choices=SOLVERS.choices)
+    for role in ROLES
+}
+
+
+class SolverSource(Protocol):
+    """A quantizer solver as plain data (``qatrun.quant.SolverPlan``): the train package reads it duck-typed."""
+
+    type: str
+    settings: Mapping[str, str]
+    locations: Mapping[str, Location]
+    section: str
+    prefix: str
+
+
+# A raw setting: suffix -> (text, a function building the located error for it).
+_Raw = dict[str, tuple[str, Callable[[str], ConfigError]]]
+
+
+def _from_raw(solver_type: str, raw: _Raw, what: str) -> SolverConfig:
+    """Converts raw settings with the key table of the solver type, validating them."""
+    keys = dict((key.name, (name, key)) for name, key in _KEYS[solver_type])
+    values: dict[str, Any] = {}
+    for suffix, (text, error) in raw.items():
+        if suffix not in keys:
+            close = difflib.get_close_matches(suffix, list(keys), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise error(f"unknown {solver_type} solver key{hint}; valid: {', '.join(keys)}")
+        name, key = keys[suffix]
+        try:
+            values[name] = key.convert(text)
+        except ValueError as exc:
+            raise error(str(exc)) from None
+    clamping = values.pop("clamping", "")
+    values.pop("polyak_momentum", None)
+    if clamping:
+        values["clamp_min"], values["clamp_max"] = _parse_clamping(clamping, raw["Clamping"][1])
+    _validate(values, raw, what)
+    return SolverConfig(type=solver_type, **values)
+
+
+def _parse_clamping(text: str, error: Callable[[str], ConfigError]) -> tuple[float | None, float | None]:
+    low, sep, high = text.partition(":")
+    if not sep:
+        raise error(f'expected "min:max", ":max" or "min:", found "{text}"')
+    try:
+        bounds = (float(low) if low.strip() else None, float(high) if high.strip() else None)
+    except ValueError:
+        raise error(f'expected "min:max", ":max" or "min:" with numbers, found "{text}"') from None
+    if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
+        raise error(f"the minimum is above the maximum in \"{text}\"")
+    return bounds
+
+
+def _validate(values: dict[str, Any], raw: _Raw, what: str) -> None:
+    def fail(suffix: str, message: str) -> ConfigError:
+        if suffix in raw:
+            return raw[suffix][1](message)
+        return ConfigError(f"{what}: {message}")
+
+    for suffix, name in (("LearningRateStepSize", "step_size"), ("IterationSize", "iteration_size")):
+        if values.get(name, 1) < 1:
+            raise fail(suffix, f"must be at least 1, found {values[name]}")
+    policy = values.get("policy", "None")
+    max_iterations = values.get("max_iterations", 0)
+    if policy == "PolyDecay" and max_iterations <= 0:
+        raise fail("LearningRatePolicy", "PolyDecay needs MaxIterations > 0 (N2D2 divides by it)")
+    if policy == "CosineDecay" and max_iterations <= values.get("warm_up_duration", 0):
+        raise fail(
+            "LearningRatePolicy",
+            "CosineDecay needs MaxIterations > WarmUpDuration: N2D2 then computes a NaN rate and never updates",
+        )
+
+
+def _solver_type(reader: Section, key: Key) -> str:
+    value = reader.read(key)
+    return "Adam" if value == "ADAM" else value
+
+
+def _collect(raw: _Raw, reader: Section | Params, prefix: str) -> None:
+    """Adds ``prefix``-ed settings of a reader (later calls override earlier ones)."""
+    for suffix, text in reader.prefixed(prefix).items():
+        full = prefix + suffix
+        raw[suffix] = (text, lambda message, r=reader, k=full: r.error(k, message))
+
+
+def _read_solver(section: Section, params: Params, role: str) -> SolverConfig:
+    """The solver of one parameter role of a layer (N2D2 ``*CellGenerator::generateParams``, §1.4).
+
+    The type comes from the layer section: ``<role>=`` (e.g. ``WeightsSolver=Adam``), else ``Solvers=``, else
+    SGD. Settings are merged in this order, later overriding earlier: the layer section's ``Solvers.X`` (only
+    with ``Solvers=`` in it), its ``<role>.X`` (only with ``<role>=``), the ConfigSection's ``Solvers.X``, then
+    its ``<role>.X``. Where N2D2 silently ignores a key (``Solvers.X`` in a layer section without ``Solvers=``)
+    or fails (a type key in a ConfigSection), qatrun reports a located error.
+
+    Args:
+        section: the layer section.
+        params: its ConfigSection parameter map (``Document.params(section)``).
+        role: ``WeightsSolver`` (Conv/Fc weights), ``BiasSolver`` (biases, BatchNorm beta) or ``ScaleSolver``
+            (BatchNorm gamma).
+
+    Raises:
+        ConfigError: a misplaced or unknown key, or a bad value.
+    """
+    assert role in ROLES, role
+    role_key = _ROLE_KEYS[role]
+    for name in params.keys():
+        if name in ("Solvers", *ROLES):
+            raise params.error(name, f"{name} (the solver type) is read from the layer section only, not from a "
+                                     "ConfigSection (N2D2: Unknown parameter)")
+    raw: _Raw = {}
+    for key in (SOLVERS, role_key):
+        prefix = key.name + "."
+        if section.has(key.name):
+            _collect(raw, section, prefix)
+        else:
+            stray = next((k for k in section.keys() if k.startswith(prefix)), None)
+            if stray is not None:
+                raise section.error(stray, f"N2D2 ignores {prefix}X in a layer section without {key.name}=SGD|Adam "
+                                           "in it: add the type, or move the key to the ConfigSection")
+    solver_type = _solver_type(section, role_key) if section.has(role) else _solver_type(section, SOLVERS)
+    for prefix in ("Solvers.", role + "."):
+        _collect(raw, params, prefix)
+    return _from_raw(solver_type, raw, f"[{section.name}] {role}")
+
+
+def _solver_from_plan(plan: SolverSource | None) -> SolverConfig:
+    """The solver of a quantizer parameter (SAT alpha, LSQ step size) from the quant package's plain data.
+
+    ``None`` (no ``QActSolver=``) is N2D2's default: SGD, learning rate 0.01, no momentum, no decay.
+
+    Raises:
+        ConfigError: an unknown or malformed setting, located where it was written.
+    """
+    if plan is None:
+        return SolverConfig()
+    raw: _Raw = {}
+    for suffix, text in plan.settings.items():
+        location = plan.locations.get(suffix)
+        full = plan.prefix + suffix
+        raw[suffix] = (text, lambda m, loc=location, k=full: ConfigError(m, loc, plan.section or None, k))
+    return _from_raw(plan.type, raw, f"[{plan.section}] {plan.prefix.rstrip('.')}")
+
+
+def solver_group(params: Iterable[torch.nn.Parameter], plan: SolverSource | None, name: str = "") -> dict[str, Any]:
+    """A parameter group for :class:`N2D2Optimizer` from a quantizer solver plan (:meth:`SolverConfig.from_plan`)."""
+    return {"params": list(params), "solver": SolverConfig.from_plan(plan), "name": name}

@@ -121,7 +121,7 @@ def test_every_policy_is_covered() -> None:
     assert {c.policy for c in POLICY_CASES} == set(LR_POLICIES)
 
 
-@pytest.mark.parametrize("cfg", POLICY_CASES, ids=lambda c: f"{c.policy}-I{c.iteration_size}")
+@pytest.mark.parametrize("cfg", POLICY_CASES, ids=lambda c: _id(c))
 def test_learning_rate_matches_reference(cfg: SolverConfig) -> None:
     ref = RefSGD(cfg, BATCH)
     step = 0
@@ -187,7 +187,14 @@ UPDATE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("cfg", UPDATE_CASES, ids=str)
+def _id(cfg: SolverConfig) -> str:
+    """The fields that differ from the defaults, e.g. ``SGD-momentum=0.9-decay=0.0005``."""
+    default = SolverConfig(type=cfg.type)
+    changed = [f"{k}={v}" for k, v in vars(cfg).items() if k != "type" and v != getattr(default, k)]
+    return "-".join([cfg.type, *changed])
+
+
+@pytest.mark.parametrize("cfg", UPDATE_CASES, ids=_id)
 def test_update_matches_reference(cfg: SolverConfig) -> None:
     _run(cfg, steps=12)
 
@@ -229,3 +236,137 @@ def test_groups_and_state_dict_round_trip() -> None:
     fresh.load_state_dict(state)
     assert fresh.param_groups[0]["solver"] is sgd and fresh.param_groups[1]["updates"] == 1
     assert torch.equal(fresh.state[a]["velocity"], opt.state[a]["velocity"])
+
+
+# ------------------------------------------------------------------------------------------ INI reading
+
+LAYERS = """\
+[common]
+Solvers.LearningRate=0.05
+Solvers.Momentum=0.9
+Solvers.LearningRatePolicy=StepDecay
+Solvers.LearningRateStepSize=1,000
+WeightsSolver.Decay=0.0005
+BiasSolver.LearningRate=0.1
+[conv1]
+Input=sp
+ConfigSection=common
+[conv2]
+Input=conv1
+ConfigSection=common
+Solvers=SGD
+Solvers.IterationSize=2
+Solvers.LearningRate=0.5
+[bn1]
+Input=conv2
+WeightsSolver=Adam
+WeightsSolver.Beta1=0.8
+ScaleSolver=ADAM
+[adam_cfg]
+Solvers.LearningRate=0.002
+Solvers.Epsilon=1e-7
+Solvers.Clamping=-1:1
+[fc]
+Input=bn1
+Solvers=Adam
+ConfigSection=adam_cfg
+"""
+
+
+def _read(text: str, section: str, role: str) -> SolverConfig:
+    from qatrun.ini import loads
+
+    doc = loads(text, "t.ini")
+    sec = doc.section(section)
+    return SolverConfig.from_params(sec, doc.params(sec), role)
+
+
+@pytest.mark.parametrize(
+    ("section", "role", "expected"),
+    [
+        ("conv1", "WeightsSolver", SolverConfig(learning_rate=0.05, momentum=0.9, policy="StepDecay", step_size=1000,
+                                                decay=0.0005)),
+        ("conv1", "BiasSolver", SolverConfig(learning_rate=0.1, momentum=0.9, policy="StepDecay", step_size=1000)),
+        # the layer's Solvers.X (honoured with Solvers=) are overridden by the ConfigSection's
+        ("conv2", "WeightsSolver", SolverConfig(learning_rate=0.05, momentum=0.9, policy="StepDecay", step_size=1000,
+                                                decay=0.0005, iteration_size=2)),
+        ("bn1", "WeightsSolver", SolverConfig(type="Adam", learning_rate=0.001, beta1=0.8)),
+        ("bn1", "ScaleSolver", SolverConfig(type="Adam", learning_rate=0.001)),
+        ("bn1", "BiasSolver", SolverConfig()),
+        ("fc", "WeightsSolver", SolverConfig(type="Adam", learning_rate=0.002, epsilon=1e-7, clamp_min=-1.0,
+                                             clamp_max=1.0)),
+    ],
+)
+def test_read_solver(section: str, role: str, expected: SolverConfig) -> None:
+    assert _read(LAYERS, section, role) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "section", "message"),
+    [
+        ("[c]\nSolvers.LearningRate=0.1\n", "c",
+         "t.ini:2: [c] Solvers.LearningRate: N2D2 ignores Solvers.X in a layer section without Solvers=SGD|Adam in "
+         "it: add the type, or move the key to the ConfigSection"),
+        ("[cfg]\nSolvers=SGD\n[c]\nConfigSection=cfg\n", "c",
+         "t.ini:2: [cfg] Solvers: Solvers (the solver type) is read from the layer section only, not from a "
+         "ConfigSection (N2D2: Unknown parameter)"),
+        ("[cfg]\nSolvers.LearningRat=0.1\n[c]\nConfigSection=cfg\n", "c",
+         "t.ini:2: [cfg] Solvers.LearningRat: unknown SGD solver key (did you mean 'LearningRate'?); valid: "
+         "LearningRate, Momentum, Decay, LearningRatePolicy, LearningRateStepSize, LearningRateDecay, Power, "
+         "MaxIterations, IterationSize, WarmUpDuration, WarmUpLRFrac, MinDecay, PolyakMomentum, Clamping"),
+        ("[c]\nSolvers=Adam\nSolvers.Momentum=0.9\n", "c",
+         "t.ini:3: [c] Solvers.Momentum: unknown Adam solver key; valid: LearningRate, Beta1, Beta2, Epsilon, "
+         "Clamping"),
+        ("[c]\nSolvers=SGD\nSolvers.IterationSize=2.0\n", "c",
+         't.ini:3: [c] Solvers.IterationSize: expected an integer, found "2.0"'),
+        ("[c]\nSolvers=SGD\nSolvers.LearningRatePolicy=PolyDecay\n", "c",
+         "t.ini:3: [c] Solvers.LearningRatePolicy: PolyDecay needs MaxIterations > 0 (N2D2 divides by it)"),
+        ("[c]\nSolvers=SGD\nSolvers.LearningRatePolicy=CosineDecay\n", "c",
+         "t.ini:3: [c] Solvers.LearningRatePolicy: CosineDecay needs MaxIterations > WarmUpDuration: N2D2 then "
+         "computes a NaN rate and never updates"),
+        ("[c]\nSolvers=SGD\nSolvers.Clamping=1\n", "c",
+         't.ini:3: [c] Solvers.Clamping: expected "min:max", ":max" or "min:", found "1"'),
+        ("[c]\nSolvers=SGD\nSolvers.IterationSize=0\n", "c",
+         "t.ini:3: [c] Solvers.IterationSize: must be at least 1, found 0"),
+        ("[c]\nSolvers=sgd\n", "c", 't.ini:2: [c] Solvers: expected one of SGD, Adam, ADAM, found "sgd"'),
+    ],
+)
+def test_read_solver_errors(text: str, section: str, message: str) -> None:
+    from qatrun.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        _read(text, section, "WeightsSolver")
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("clamping", ["-1:1", ":0.5", "0:"])
+def test_clamping_forms(clamping: str) -> None:
+    cfg = _read(f"[c]\nSolvers=SGD\nSolvers.Clamping={clamping}\n", "c", "WeightsSolver")
+    low, high = clamping.split(":")
+    assert (cfg.clamp_min, cfg.clamp_max) == (float(low) if low else None, float(high) if high else None)
+
+
+def test_quantizer_solver_plans() -> None:
+    from dataclasses import dataclass, field
+
+    from qatrun.errors import ConfigError, Location
+    from qatrun.train.solver import solver_group
+
+    @dataclass(frozen=True)
+    class Plan:  # the shape of qatrun.quant.SolverPlan
+        type: str = "SGD"
+        settings: dict = field(default_factory=dict)
+        locations: dict = field(default_factory=dict)
+        section: str = "bn1"
+        prefix: str = "QActSolver."
+
+    assert SolverConfig.from_plan(None) == SolverConfig()
+    plan = Plan("Adam", {"LearningRate": "0.05"}, {"LearningRate": Location("t.ini", 7)})
+    p = torch.nn.Parameter(torch.ones(1))
+    group = solver_group([p], plan, "bn1.alpha")
+    assert group["solver"] == SolverConfig(type="Adam", learning_rate=0.05) and group["params"] == [p]
+    bad = Plan("SGD", {"Momentun": "0.9"}, {"Momentun": Location("t.ini", 9)})
+    with pytest.raises(ConfigError) as err:
+        SolverConfig.from_plan(bad)
+    assert str(err.value).startswith("t.ini:9: [bn1] QActSolver.Momentun: unknown SGD solver key (did you mean "
+                                     "'Momentum'?)")
