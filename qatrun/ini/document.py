@@ -29,7 +29,7 @@ MAX_DEPTH = 64
 MAX_VALUE = 1_000_000
 """Longest resolved value (guards against exponential variable expansion)."""
 
-GENERATED = "<generated>"
+_Where = tuple[Location, "str | None", "str | None"]  # location, section, key of the text being resolved
 
 
 @dataclass
@@ -337,7 +337,7 @@ class Document:
 
     def resolve_text(self, section: Section, text: str, location: Location, key: str | None = None) -> str:
         """Resolves arbitrary text as if it were a value of ``section`` written at ``location``."""
-        return self._expand(section, text, location, key, _Resolution())
+        return self._expand(section, text, location, key, _Resolution(), section)
 
     def _value(self, context: Section, holder: Section, key: str, state: _Resolution) -> str:
         """Resolves ``holder``'s property ``key``; ``context`` is the section variables resolve in."""
@@ -347,32 +347,39 @@ class Document:
         frame = (holder.name, key)
         value = holder._values[key]
         if frame in state.stack:
-            chain = " -> ".join(f"[{name}]{prop}" for name, prop in [*state.stack, frame])
-            raise ConfigError(f"reference cycle: {chain}", value.location, holder.name or None, key)
+            # Reported at the value whose text closes the cycle, the one to edit.
+            chain = " -> ".join(f"[{name}]{prop}" if name else prop for name, prop in [*state.stack, frame])
+            closing_section, closing_key = state.stack[-1]
+            raise self._sections[closing_section].error(closing_key, f"reference cycle: {chain}")
         if len(state.stack) >= MAX_DEPTH:
             raise ConfigError(f"references nested deeper than {MAX_DEPTH}", value.location, holder.name or None, key)
         state.stack.append(frame)
         try:
-            result = self._expand(context, value.text, value.location, key, state)
+            result = self._expand(context, value.text, value.location, key, state, holder)
         finally:
             state.stack.pop()
         state.memo[memo_key] = result
         return result
 
-    def _expand(self, section: Section, text: str, location: Location, key: str | None, state: _Resolution) -> str:
-        text = self._references(section, text, location, key, state)
-        text = self._variables(section, text, location, key, state)
+    def _expand(
+        self, section: Section, text: str, location: Location, key: str | None, state: _Resolution, holder: Section
+    ) -> str:
+        """Resolves ``text`` read in ``section``; errors name ``holder``, the section the text is written in."""
+        where = (location, holder.name or None, key)
+        text = self._references(text, where, state)
+        text = self._variables(section, text, where, state)
         try:
             return self._expressions(text)
         except ExpressionError as exc:
-            raise ConfigError(str(exc), location, section.name or None, key) from None
+            raise ConfigError(str(exc), *where) from None
 
-    def _check_length(self, text: str, section: Section, location: Location, key: str | None) -> str:
+    @staticmethod
+    def _check_length(text: str, where: _Where) -> str:
         if len(text) > MAX_VALUE:
-            raise ConfigError(f"value longer than {MAX_VALUE} characters after resolution", location, section.name or None, key)
+            raise ConfigError(f"value longer than {MAX_VALUE} characters after resolution", *where)
         return text
 
-    def _references(self, section: Section, text: str, location: Location, key: str | None, state: _Resolution) -> str:
+    def _references(self, text: str, where: _Where, state: _Resolution) -> str:
         """Pass 1: ``[Section]Key`` where the bracketed text names an existing section."""
         out: list[str] = []
         start = 0
@@ -391,15 +398,15 @@ class Document:
                 end += 1
             prop = text[closing + 1:end]
             if prop not in target._values:
-                raise ConfigError(f"Property {prop} not found in section [{target.name}]", location, section.name or None, key)
+                raise ConfigError(f"Property {prop} not found in section [{target.name}]", *where)
             target._referenced = True
             out.append(text[start:opening])
             out.append(self._value(target, target, prop, state))
             start = scan = end
         out.append(text[start:])
-        return self._check_length("".join(out), section, location, key)
+        return self._check_length("".join(out), where)
 
-    def _variables(self, section: Section, text: str, location: Location, key: str | None, state: _Resolution) -> str:
+    def _variables(self, section: Section, text: str, where: _Where, state: _Resolution) -> str:
         """Pass 2: ``${NAME}``: section-local ``$NAME``, then global; unknown names stay verbatim."""
         out: list[str] = []
         start = 0
@@ -413,7 +420,7 @@ class Document:
             out.append(self._variable(section, name, state, text[opening:closing + 1]))
             start = closing + 1
         out.append(text[start:])
-        return self._check_length("".join(out), section, location, key)
+        return self._check_length("".join(out), where)
 
     def _variable(self, section: Section, name: str, state: _Resolution, verbatim: str) -> str:
         if name == "SECTION_NAME":
@@ -522,8 +529,11 @@ class Document:
 
 def _quote(text: str) -> str:
     """Quotes a value the lexer would otherwise change (comment characters, edge blanks, quotes)."""
-    needs = text != text.strip(SPACE) or any(char in text for char in ";#") or (
-        len(text) >= 2 and text[0] == '"' and text[-1] == '"'
+    needs = (
+        text != text.strip(SPACE)
+        or any(char in text for char in ";#")
+        or text.endswith("\\")
+        or (len(text) >= 2 and text[0] == '"' and text[-1] == '"')
     )
     return f'"{text}"' if needs else text
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import operator
+import warnings
 from typing import Any, Callable
 
 MAX_EXPONENT = 10_000
@@ -108,7 +109,10 @@ def evaluate(text: str) -> str:
     if len(source) > MAX_TEXT:
         raise ExpressionError(f"expression too long ({len(source)} characters)")
     try:
-        tree = ast.parse(source, mode="eval")
+        with warnings.catch_warnings():
+            # Python warns about things like `1is 1` while parsing; the evaluator refuses them anyway.
+            warnings.simplefilter("ignore")
+            tree = ast.parse(source, mode="eval")
     except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
         raise ExpressionError(f"invalid expression \"{source}\": {getattr(exc, 'msg', exc)}") from None
     evaluator = _Evaluator(source)

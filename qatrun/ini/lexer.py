@@ -59,8 +59,9 @@ def read_text(path: str, location: Location | None = None) -> str:
             raise ConfigError(f"cannot read \"{path}\": larger than {MAX_FILE_BYTES} bytes", where)
         with open(path, "rb") as stream:
             data = stream.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read \"{path}\": {exc.strerror}", where) from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot read \"{path}\": {reason}", where) from None
     return data.decode("utf-8", errors="replace")
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from qatrun.errors import COMMAND_LINE, ConfigError, Location
+from qatrun.ini.diagnostics import warn
 from qatrun.ini.document import Document, Section
 from qatrun.ini.keys import expand_env
 from qatrun.ini.lexer import SPACE, Header, lex, physical_lines, read_text
@@ -140,7 +141,10 @@ class _Builder:
         params = {key: section.raw(key) for key in section.keys()}
         params.update(SECTION_NAME=name, SECTION_FILE_NAME=file_name)
         site = Location(section.location.path, section.location.line)
-        lines = render(path, params, (site, *section.location.via), section.location)
+        lines, used = render(path, params, (site, *section.location.via), section.location)
+        for key in section.keys():
+            if key not in used:
+                warn(f"template parameter {key} is not used by {path}", section.location_of(key), section.name)
         outer_parent, self.parent = self.parent, name
         try:
             self.feed(lines, os.path.dirname(path), depth + 1)

@@ -63,7 +63,7 @@ _Node = Union[_Text, _Var, _Tag]
 
 def render(
     path: str, params: dict[str, str], via: tuple[Location, ...], named_at: Location
-) -> list[tuple[str, Location]]:
+) -> tuple[list[tuple[str, Location]], set[str]]:
     """Renders a template file into INI lines, each with the template location it came from.
 
     Args:
@@ -73,14 +73,15 @@ def render(
         named_at: where the template was named (for a missing file).
 
     Returns:
-        ``(line, location)`` pairs ready for the INI lexer.
+        ``(line, location)`` pairs ready for the INI lexer, and the names of the parameters the
+        template looked at (so that the caller can point out parameters it never used).
 
     Raises:
         ConfigError: unreadable file, malformed tag, undefined variable, non-integer count.
     """
     renderer = _Renderer(dict(params), via)
     renderer.render(renderer.parse_file(path, named_at, 0), 0)
-    return _lines(renderer.out)
+    return _lines(renderer.out), renderer.used
 
 
 class _Renderer:
@@ -90,6 +91,7 @@ class _Renderer:
         self.out: list[tuple[str, Location]] = []
         self.size = 0
         self.blocks: list[tuple[str, int]] = []
+        self.used: set[str] = set()
 
     # ----------------------------------------------------------------------------------------------
     # Parsing
@@ -195,6 +197,7 @@ class _Renderer:
             if name == "#":
                 return str(index)
             name = f"{array}[{index}]{name}"
+        self.used.add(name)
         if name not in self.params:
             raise ConfigError(f"template variable '{name}' is not defined", location)
         return self.params[name]
@@ -245,8 +248,10 @@ class _Renderer:
     def _render_if(self, tag: _Tag, depth: int) -> None:
         name, op, value = tag.args[:3]
         if op in ("exists", "not_exists"):
-            present = name in self.params or (name.startswith(".") and bool(self.blocks) and
-                                               f"{self.blocks[-1][0]}[{self.blocks[-1][1]}]{name}" in self.params)
+            if name.startswith(".") and self.blocks:
+                name = f"{self.blocks[-1][0]}[{self.blocks[-1][1]}]{name}"
+            self.used.add(name)
+            present = name in self.params
             holds = present if op == "exists" else not present
         else:
             expected = self.substitute(value, tag.location).strip()
