@@ -29,7 +29,7 @@ MAX_DEPTH = 64
 MAX_VALUE = 1_000_000
 """Longest resolved value (guards against exponential variable expansion)."""
 
-_Where = tuple[Location, "str | None", "str | None"]  # location, section, key of the text being resolved
+_Where = tuple[Location, str | None, str | None]  # location, section, key of the text being resolved
 
 
 @dataclass
@@ -311,9 +311,13 @@ class Document:
     def params(self, section: Section) -> Params:
         """The parameter map of a layer from its ``ConfigSection=a,b`` (consumes that key).
 
+        N2D2's per-model ``ConfigSection(<Model>)=`` is not supported: it is left unconsumed, so strict
+        mode reports it (suggesting ``ConfigSection``).
+
         Raises:
             ConfigError: a listed section does not exist.
         """
+        section.declare("ConfigSection")
         if not section.has("ConfigSection"):
             return Params(section, [])
         sources = []

@@ -62,33 +62,12 @@ _UNARY: dict[type, Callable[[Any], Any]] = {
 }
 
 
-def _to_int(value: Any) -> int:
-    _check_numeric_string(value)
-    return int(value)
-
-
-def _to_float(value: Any) -> float:
-    _check_numeric_string(value)
-    return float(value)
-
-
-def _round(value: Any, ndigits: Any = None) -> Any:
-    if ndigits is not None and (not isinstance(ndigits, int) or abs(ndigits) > 1000):
-        raise ExpressionError("round() digits must be an integer between -1000 and 1000")
-    return round(value) if ndigits is None else round(value, ndigits)
-
-
-def _check_numeric_string(value: Any) -> None:
-    if isinstance(value, str) and len(value) > MAX_NUMERIC_STRING:
-        raise ExpressionError("string too long to convert to a number")
-
-
 _FUNCTIONS: dict[str, Callable[..., Any]] = {
-    "int": _to_int,
-    "float": _to_float,
+    "int": int,
+    "float": float,
     "min": min,
     "max": max,
-    "round": _round,
+    "round": round,
     "abs": abs,
 }
 
@@ -107,7 +86,7 @@ def evaluate(text: str) -> str:
     """
     source = text.strip()
     if len(source) > MAX_TEXT:
-        raise ExpressionError(f"expression too long ({len(source)} characters)")
+        raise ExpressionError(f"expression not allowed: {len(source)} characters (at most {MAX_TEXT})")
     try:
         with warnings.catch_warnings():
             # Python warns about things like `1is 1` while parsing; the evaluator refuses them anyway.
@@ -132,9 +111,9 @@ class _Evaluator:
     def __init__(self, source: str) -> None:
         self.source = source
 
-    def refuse(self, node: ast.AST) -> ExpressionError:
+    def refuse(self, node: ast.AST, reason: str = "") -> ExpressionError:
         segment = ast.get_source_segment(self.source, node) or type(node).__name__
-        return ExpressionError(f"expression not allowed: {segment}")
+        return ExpressionError(f"expression not allowed: {segment}" + (f" ({reason})" if reason else ""))
 
     def check(self, node: ast.AST) -> None:
         if isinstance(node, ast.Constant):
@@ -192,9 +171,19 @@ class _Evaluator:
             return True
         if isinstance(node, ast.IfExp):
             return self.eval(node.body) if self.eval(node.test) else self.eval(node.orelse)
-        assert isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        assert isinstance(node, ast.Call)
+        return self.call(node)
+
+    def call(self, node: ast.Call) -> Any:
+        assert isinstance(node.func, ast.Name)
+        name = node.func.id
         args = [self.eval(arg) for arg in node.args]
-        return self.bounded(_FUNCTIONS[node.func.id](*args), node)
+        if name in ("int", "float") and any(isinstance(arg, str) and len(arg) > MAX_NUMERIC_STRING for arg in args):
+            raise self.refuse(node, "string too long to convert to a number")
+        if name == "round" and len(args) == 2 and (not isinstance(args[1], int) or abs(args[1]) > 1000):
+            # round(5, -10**9) would compute 10**(10**9).
+            raise self.refuse(node, "round() digits must be an integer between -1000 and 1000")
+        return self.bounded(_FUNCTIONS[name](*args), node)
 
     def boolean(self, node: ast.BoolOp) -> Any:
         value: Any = None
@@ -215,19 +204,17 @@ class _Evaluator:
         if isinstance(node.op, ast.Pow) and isinstance(left, int) and isinstance(right, int):
             # Bound the size before computing: bits(a**b) <= bits(a) * b.
             if abs(right) > MAX_EXPONENT or left.bit_length() * right > MAX_INT_BITS:
-                raise ExpressionError(f"result too large: {ast.get_source_segment(self.source, node)}")
+                raise self.refuse(node, "result too large")
         return self.bounded(_BINARY[type(node.op)](left, right), node)
 
     def need_number(self, value: Any, node: ast.AST) -> None:
         # Strings are for comparisons only: "a" * 10**9 must not allocate a gigabyte.
         if not isinstance(value, (int, float)):
-            raise ExpressionError(
-                f"arithmetic on a non-number in {ast.get_source_segment(self.source, node)}"
-            )
+            raise self.refuse(node, "arithmetic on a non-number")
 
     def bounded(self, value: Any, node: ast.AST) -> Any:
-        if isinstance(value, complex) or not isinstance(value, (int, float, str)):
-            raise ExpressionError(f"result is not a real number: {ast.get_source_segment(self.source, node)}")
+        if not isinstance(value, (int, float, str)):
+            raise self.refuse(node, "result is not a real number")
         if isinstance(value, int) and value.bit_length() > MAX_INT_BITS:
-            raise ExpressionError(f"result too large: {ast.get_source_segment(self.source, node)}")
+            raise self.refuse(node, "result too large")
         return value

@@ -41,6 +41,8 @@ UNKNOWN = [
      "t.ini:2: [softmax.Target] TargetValu: unknown key 'TargetValu'"),
     ("alias declared", "[c]\nType=x\nQWeight.Mod=Default", {"c": [TYPE, Key("QWeight.QuantMode", "str", "", aliases=("QWeight.Mode",))]},
      "t.ini:3: [c] QWeight.Mod: unknown key 'QWeight.Mod' (did you mean 'QWeight.Mode'?)"),
+    ("per-model config section", "[c]\nType=x\nConfigSection(Frame)=a", {"c": [TYPE], "params:c": []},
+     "t.ini:3: [c] ConfigSection(Frame): unknown key 'ConfigSection(Frame)' (did you mean 'ConfigSection'?)"),
     ("command line value", "[c]\nType=x", {"c": [TYPE]}, "<command line>: [c] Extra: unknown key 'Extra'"),
 ]
 
