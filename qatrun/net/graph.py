@@ -1,0 +1,413 @@
+"""From the layer sections of an INI document to one ``torch.fx.GraphModule``: reference/n2d2.md 1.6-1.7.
+
+Layer sections are the sections with ``Input=`` (a comma list; ``sp``, ``env`` and ``cenv`` name the
+network input). A layer's rank is 1 + the largest rank of its layer inputs; cells are built by rank, equal
+ranks in file order, as N2D2's generator does, so references to a cell's injected properties
+(``[conv1]_OutputsWidth``) resolve in the sections built after it.
+
+The graph is written node by node with ``torch.fx.Graph``: one ``call_module`` per cell, named
+``module_name(section)``, then ``<module>_act`` for its activation function. Glue between cells is plain
+function nodes: channel concatenation of several inputs, the flatten before an Fc, the (N, C) -> (N, C, 1, 1)
+reshape when an Fc output feeds a convolution, ``detach`` for ``BackPropagate=0``, and the crop of a
+negative Conv padding. The GraphModule carries ``cells`` (section name -> :class:`Cell`) and ``targets``
+(:class:`Target` list); ``forward(x)`` returns the output of the target cell, or a tuple when there are
+several targets, one per target.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import fx, nn
+from torch.nn import functional as F
+
+from qatrun.errors import ConfigError, Location
+from qatrun.ini import Key
+from qatrun.net import basic, batchnorm, conv, elemwise, fc, layers, pool  # noqa: F401  (cell types register on import)
+from qatrun.net.activations import ACTIVATION, ACTIVATION_KEYS, read_activation
+from qatrun.net.cells import (
+    CELL_TYPES,
+    COMMON_KEYS,
+    DATA_TYPE,
+    INPUT,
+    MODEL,
+    TYPE,
+    Built,
+    CellType,
+    Context,
+    Shape,
+    Source,
+    check_placement,
+)
+from qatrun.net.conv import BACK_PROPAGATE
+
+if TYPE_CHECKING:
+    from qatrun.ini import Document, Section
+
+SOURCES = ("sp", "env", "cenv")
+"""Names that denote the network input in ``Input=``."""
+
+DEFAULT_MODEL = Key("DefaultModel", "str", "Transcode", "N2D2's implementation (Frame, Frame_CUDA): no effect")
+DEFAULT_DATA_TYPE = Key("DefaultDataType", "enum", "Float32", "number type of the cells", ("Float16", "Float32", "Float64"))
+INSERT_BATCHNORM = Key("InsertBatchNormAfterConv", "bool", False, "insert a BatchNorm after every Conv (not supported)")
+GLOBAL_KEYS = (DEFAULT_MODEL, DEFAULT_DATA_TYPE, INSERT_BATCHNORM)
+
+TARGET_KEYS = (
+    Key("Type", "enum", "TargetScore", "the target kind (classification scores)", ("TargetScore",)),
+    Key("TargetValue", "float", 1.0, "desired output of the labelled class"),
+    Key("DefaultValue", "float", 0.0, "desired output of the other classes"),
+    Key("TopN", "int", 1, "also report the top-N recognition rate"),
+    Key("LabelsMapping", "path", "", "file mapping data set labels to outputs"),
+    Key("CreateMissingLabels", "bool", False, "add labels of LabelsMapping missing from the data set"),
+    Key("NoDisplayLabel", "int", -1, "label not displayed in N2D2's images (no effect in qatrun)"),
+    Key("LabelsHueOffset", "int", 0, "hue offset of N2D2's label images (no effect in qatrun)"),
+)
+_TARGET = {key.name: key for key in TARGET_KEYS}
+MISSING_TARGET = "Missing target cell (no [*.Target] section found)"
+
+_RESERVED = {"cells", "targets"} | set(dir(fx.GraphModule))
+
+
+@dataclass
+class Cell:
+    """One built layer.
+
+    Attributes:
+        name: the section name.
+        type: its ``Type=``.
+        module: the cell's module as built (graph passes that swap modules find the current one with
+            ``gm.get_submodule(module_name(name))``).
+        act_module: the activation module ``<module>_act``, or None.
+        inputs: the ``Input=`` names.
+        out_shape: (C, H, W) of its output.
+        section: the layer section.
+        in_shape: (C, H, W) the module receives (inputs concatenated; before the flatten of an Fc).
+        activation: the activation function name, or None.
+        macs: multiply-accumulates per image.
+        params: the cell parameters read from the ConfigSection.
+    """
+
+    name: str
+    type: str
+    module: nn.Module
+    act_module: nn.Module | None
+    inputs: tuple[str, ...]
+    out_shape: Shape
+    section: Section
+    in_shape: Shape = (0, 0, 0)
+    activation: str | None = None
+    macs: int = 0
+    params: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def module_name(self) -> str:
+        """The submodule name of the cell in the GraphModule."""
+        return module_name(self.name)
+
+    @property
+    def act_name(self) -> str | None:
+        """The submodule name of its activation, or None."""
+        return f"{self.module_name}_act" if self.act_module is not None else None
+
+
+@dataclass
+class Target:
+    """One ``[<cell>.Target*]`` section.
+
+    Attributes:
+        cell: the section name of the target cell.
+        loss: ``ce`` for a Softmax cell with ``WithLoss=1`` (its output is the logits), else ``mse``
+            (squared error to TargetValue for the label and DefaultValue elsewhere).
+        section: the target section.
+        target_value: desired output of the labelled class.
+        default_value: desired output of the other classes.
+        top_n: N of the top-N rate reported besides the top-1 (1 = none).
+        labels_mapping: path of a labels mapping file, or "".
+        create_missing_labels: with a labels mapping, add the labels it lacks.
+    """
+
+    cell: str
+    loss: str
+    section: Section
+    target_value: float = 1.0
+    default_value: float = 0.0
+    top_n: int = 1
+    labels_mapping: str = ""
+    create_missing_labels: bool = False
+
+
+@dataclass
+class _Value:
+    """A tensor of the graph being built: its node, (C, H, W), and whether it is (N, C) rather than 4-D."""
+
+    node: fx.Node
+    shape: Shape
+    flat: bool = False
+
+
+def module_name(name: str) -> str:
+    """The submodule name of a section: every character outside ``[A-Za-z0-9_]`` becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def declared_keys(cell_type: str) -> set[str]:
+    """The keys qatrun reads for a cell type (layer section and ConfigSection), for did-you-mean.
+
+    Args:
+        cell_type: a ``Type=`` name, or ``Target`` for target sections; an unknown name gives the keys
+            every layer section takes.
+    """
+    if cell_type == "Target":
+        return set(_TARGET)
+    names = {key.name for key in COMMON_KEYS}
+    found = CELL_TYPES.get(cell_type)
+    if found is not None:
+        names |= {key.name for key in (*found.keys, *found.params)}
+        if found.activation is not None:
+            names |= set(ACTIVATION_KEYS)
+    return names
+
+
+def _did_you_mean(name: str, candidates: list[str]) -> str:
+    close = difflib.get_close_matches(name, candidates, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _read_inputs(section: Section, layer_names: set[str]) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in section.read(INPUT).split(","))
+    for name in names:
+        if not name:
+            raise section.error(INPUT.name, "empty name in the comma-separated list")
+        if name not in layer_names and name not in SOURCES:
+            candidates = sorted(layer_names) + list(SOURCES)
+            raise section.error(
+                INPUT.name,
+                f"'{name}' is neither a layer section (a section with Input=) nor the network input "
+                f"(sp, env, cenv){_did_you_mean(name, candidates)}",
+            )
+    return names
+
+
+def _order(layers_: dict[str, Section], parents: dict[str, tuple[str, ...]]) -> list[str]:
+    """Layer names by rank, equal ranks in file order (``layers_`` is in file order)."""
+    rank: dict[str, int] = {}
+    for start in layers_:
+        if start in rank:
+            continue
+        path = [start]
+        stack = [iter(parents[start])]
+        while stack:
+            for parent in stack[-1]:
+                if parent not in layers_ or parent in rank:
+                    continue
+                if parent in path:
+                    cycle = " -> ".join(path[path.index(parent):] + [parent])
+                    raise layers_[path[-1]].error(INPUT.name, f"the layers form a cycle: {cycle}")
+                path.append(parent)
+                stack.append(iter(parents[parent]))
+                break
+            else:
+                name = path.pop()
+                stack.pop()
+                rank[name] = 1 + max((rank[p] for p in parents[name] if p in layers_), default=0)
+    position = {name: i for i, name in enumerate(layers_)}
+    return sorted(layers_, key=lambda name: (rank[name], position[name]))
+
+
+def _read_globals(doc: Document) -> None:
+    glob = doc.global_section
+    glob.read(DEFAULT_MODEL)
+    if glob.read(DEFAULT_DATA_TYPE) != "Float32":
+        raise glob.error(DEFAULT_DATA_TYPE.name, "qatrun computes in Float32 only")
+    if glob.read(INSERT_BATCHNORM):
+        raise glob.error(INSERT_BATCHNORM.name, "not supported by qatrun: write the BatchNorm layers")
+
+
+class _GraphBuilder:
+    """Writes the fx graph cell by cell."""
+
+    def __init__(self, input_shape: Shape) -> None:
+        self.graph = fx.Graph()
+        self.root = nn.Module()
+        placeholder = self.graph.placeholder("x")
+        self.values: dict[str, _Value] = {name: _Value(placeholder, input_shape) for name in SOURCES}
+        self.names: dict[str, str] = {}  # submodule name -> section that took it
+
+    def add_module(self, section: Section, name: str, module: nn.Module) -> None:
+        if name in _RESERVED:
+            raise section.error(None, f"the section name gives the module name '{name}', which torch reserves")
+        if name in self.names:
+            raise section.error(
+                None, f"module name '{name}' is already taken by [{self.names[name]}]: section names must stay "
+                "distinct once every character outside A-Z a-z 0-9 _ becomes _"
+            )
+        self.names[name] = section.name
+        self.root.add_module(name, module)
+
+    def image(self, value: _Value) -> fx.Node:
+        """The node as (N, C, H, W)."""
+        if not value.flat:
+            return value.node
+        return self.graph.call_method("reshape", (value.node, -1, *value.shape))
+
+    def flat(self, value: _Value) -> fx.Node:
+        """The node as (N, C·H·W)."""
+        if value.flat:
+            return value.node
+        return self.graph.call_function(torch.flatten, (value.node, 1))
+
+    def concat(self, nodes: list[fx.Node]) -> fx.Node:
+        return nodes[0] if len(nodes) == 1 else self.graph.call_function(torch.cat, (nodes, 1))
+
+    def arguments(self, section: Section, cell_type: CellType, sources: list[_Value], names: tuple[str, ...]
+                  ) -> tuple[list[fx.Node], Shape, bool]:
+        """The argument nodes of a cell, the shape its module receives, and whether that is flat."""
+        mode, shapes = cell_type.inputs, [value.shape for value in sources]
+        described = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in zip(names, shapes))
+        if mode == "one" and len(sources) > 1:
+            raise section.error(INPUT.name, f"a {cell_type.name} cell takes one input, found {len(sources)}")
+        if mode == "many" and len(set(shapes)) > 1:
+            raise section.error(INPUT.name, f"the inputs must have one shape, found {described}")
+        if mode == "concat" and len({shape[1:] for shape in shapes}) > 1:
+            raise section.error(INPUT.name, f"the inputs must have one width and height, found {described}")
+        if mode == "flatten":
+            total = sum(c * h * w for c, h, w in shapes)
+            shape = shapes[0] if len(shapes) == 1 else (total, 1, 1)
+            return [self.concat([self.flat(value) for value in sources])], shape, True
+        if mode == "concat":
+            shape = (sum(s[0] for s in shapes), *shapes[0][1:])
+            return [self.concat([self.image(value) for value in sources])], shape, False
+        flat = all(value.flat for value in sources) and not cell_type.spatial
+        nodes = [value.node if flat else self.image(value) for value in sources]
+        return nodes, shapes[0], flat
+
+
+def _inject(section: Section, in_shape: Shape, out_shape: Shape) -> None:
+    for key, value in zip(
+        ("_NbChannels", "_ChannelsHeight", "_ChannelsWidth", "_NbOutputs", "_OutputsHeight", "_OutputsWidth"),
+        (*in_shape, *out_shape),
+    ):
+        section.inject(key, value)
+
+
+def _cell_type(section: Section) -> CellType:
+    name = section.read(TYPE)
+    found = CELL_TYPES.get(name)
+    if found is None:
+        raise section.error(
+            TYPE.name,
+            f"No cell generator for type '{name}'.{_did_you_mean(name, sorted(CELL_TYPES))} "
+            f"(qatrun builds: {', '.join(sorted(CELL_TYPES))})",
+        )
+    return found
+
+
+def _build_cell(doc: Document, section: Section, inputs: tuple[str, ...], builder: _GraphBuilder) -> Cell:
+    cell_type = _cell_type(section)
+    section.read(MODEL)
+    if section.read(DATA_TYPE) != "Float32":
+        raise section.error(DATA_TYPE.name, "qatrun computes in Float32 only")
+    params = doc.params(section)
+    section.declare(*declared_keys(cell_type.name))
+    params.declare(*(key.name for key in cell_type.params))
+    check_placement(cell_type, section, params)
+    sources = [builder.values[name] for name in inputs]
+    nodes, in_shape, flat = builder.arguments(section, cell_type, sources, inputs)
+    ctx = Context(section, params, tuple(Source(n, v.shape) for n, v in zip(inputs, sources)), in_shape,
+                  cell_type.name)
+    built: Built = cell_type.build(ctx)
+    activation = _activation(section, cell_type)
+    if not built.params.get(BACK_PROPAGATE.name, True):
+        nodes = [builder.graph.call_method("detach", (node,)) for node in nodes]
+    if built.pre_pad is not None:
+        nodes = [builder.graph.call_function(F.pad, (nodes[0], built.pre_pad))]
+    name = module_name(section.name)
+    builder.add_module(section, name, built.module)
+    node = builder.graph.call_module(name, tuple(nodes))
+    act_module = None
+    if activation is not None:
+        act_module = activation[1]
+        builder.add_module(section, f"{name}_act", act_module)
+        node = builder.graph.call_module(f"{name}_act", (node,))
+    out_flat = cell_type.output == "flat" or (cell_type.output == "same" and flat)
+    builder.values[section.name] = _Value(node, built.out_shape, out_flat)
+    _inject(section, in_shape, built.out_shape)
+    return Cell(
+        section.name, cell_type.name, built.module, act_module, inputs, built.out_shape, section, in_shape,
+        activation[0] if activation else None, built.macs, built.params,
+    )
+
+
+def _activation(section: Section, cell_type: CellType) -> tuple[str, nn.Module] | None:
+    if cell_type.activation is None:
+        given = [key for key in section.keys() if key == ACTIVATION or key.startswith(ACTIVATION + ".")]
+        if given:
+            raise section.error(given[0], f"a {cell_type.name} cell has no activation function (N2D2 ignores this key)")
+        return None
+    return read_activation(section, cell_type.activation or None)
+
+
+def _targets(doc: Document, order: list[str], cells: dict[str, Cell]) -> list[Target]:
+    targets = []
+    for name in order:
+        pattern = re.sub(r"([*?\[])", r"[\1]", name) + ".Target*"
+        for section in doc.matching(pattern):
+            if section.has(INPUT.name):
+                continue
+            values = {key.name: section.read(key) for key in TARGET_KEYS}
+            if values["TopN"] < 1:
+                raise section.error("TopN", f"expected a positive value, found {values['TopN']}")
+            module = cells[name].module
+            loss = "ce" if isinstance(module, layers.Softmax) and module.with_loss else "mse"
+            targets.append(Target(
+                name, loss, section, values["TargetValue"], values["DefaultValue"], values["TopN"],
+                values["LabelsMapping"], values["CreateMissingLabels"],
+            ))
+    for section in doc.sections():
+        owner, sep, _ = section.name.rpartition(".Target")
+        if sep and owner and owner not in cells and not section.has(INPUT.name):
+            raise section.error(
+                None, f"target section of '{owner}', which is no layer{_did_you_mean(owner, list(cells))}"
+            )
+    if not targets:
+        raise ConfigError(MISSING_TARGET, Location(doc.path))
+    return targets
+
+
+def build(doc: Document, input_shape: tuple[int, int, int]) -> fx.GraphModule:
+    """Builds the network of an INI document.
+
+    Args:
+        doc: the parsed INI file.
+        input_shape: (C, H, W) of one network input, from the data spec.
+
+    Returns:
+        A GraphModule carrying ``cells`` and ``targets``; its parameters are filled by the cells' fillers
+        with torch's global generator, in build order.
+
+    Raises:
+        ConfigError: at the offending key: an unknown type or input, a cycle, a cell parameter outside
+            a ConfigSection, inconsistent shapes, a missing target...
+    """
+    assert len(input_shape) == 3 and min(input_shape) > 0, input_shape
+    _read_globals(doc)
+    layer_sections = {s.name: s for s in doc.sections() if s.has(INPUT.name) and s.template is None}
+    for section in layer_sections.values():
+        section.mark_used()
+    parents = {name: _read_inputs(section, set(layer_sections)) for name, section in layer_sections.items()}
+    order = _order(layer_sections, parents)
+    builder = _GraphBuilder(tuple(input_shape))
+    cells: dict[str, Cell] = {}
+    for name in order:
+        cells[name] = _build_cell(doc, layer_sections[name], parents[name], builder)
+    targets = _targets(doc, order, cells)
+    outputs = [builder.values[target.cell].node for target in targets]
+    builder.graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
+    gm = fx.GraphModule(builder.root, builder.graph, class_name="QatrunNet")
+    gm.cells = cells
+    gm.targets = targets
+    return gm
