@@ -1,1 +1,63 @@
-"""quant."""
+"""Quantization-aware training: quantizer math, quantizer modules, INI plans and the prepare pass.
+
+Typical use (the pipeline does this)::
+
+    from qatrun import quant
+
+    plans = {module_name(s): plan for s in layers if (plan := quant.plan_for(s, doc.params(s)))}
+    gm = quant.prepare(gm, plans)          # Conv/Linear/activations swapped for quantized modules
+    quant.describe(gm.conv1)               # "SAT w8"
+
+Methods (``QWeight=``/``QAct=``): SAT (:mod:`.sat`), LSQ (:mod:`.lsq`), MinMax (:mod:`.minmax`).
+"""
+
+from __future__ import annotations
+
+from qatrun.quant.config import QuantPlan, SolverPlan, plan_for
+from qatrun.quant.lsq import LSQActivationQuantizer, LSQActSpec, LSQWeightQuantizer, LSQWeightSpec
+from qatrun.quant.minmax import MinMaxActivationQuantizer, MinMaxActSpec, MinMaxWeightQuantizer, MinMaxWeightSpec
+from qatrun.quant.modules import (
+    QuantConv2d,
+    QuantConvTranspose2d,
+    QuantizedActivation,
+    QuantizedWeightLayer,
+    QuantLinear,
+)
+from qatrun.quant.prepare import activation_module_name, describe, prepare, unprepare
+from qatrun.quant.registry import METHODS, Method, build_act_quantizer, build_weight_quantizer, method
+from qatrun.quant.sat import SATActivationQuantizer, SATActSpec, SATWeightQuantizer, SATWeightSpec
+from qatrun.quant.spec import QuantSpec, bits
+
+__all__ = [
+    "LSQActSpec",
+    "LSQActivationQuantizer",
+    "LSQWeightQuantizer",
+    "LSQWeightSpec",
+    "METHODS",
+    "Method",
+    "MinMaxActSpec",
+    "MinMaxActivationQuantizer",
+    "MinMaxWeightQuantizer",
+    "MinMaxWeightSpec",
+    "QuantConv2d",
+    "QuantConvTranspose2d",
+    "QuantLinear",
+    "QuantPlan",
+    "QuantSpec",
+    "QuantizedActivation",
+    "QuantizedWeightLayer",
+    "SATActSpec",
+    "SATActivationQuantizer",
+    "SATWeightQuantizer",
+    "SATWeightSpec",
+    "SolverPlan",
+    "activation_module_name",
+    "bits",
+    "build_act_quantizer",
+    "build_weight_quantizer",
+    "describe",
+    "method",
+    "plan_for",
+    "prepare",
+    "unprepare",
+]
