@@ -231,8 +231,8 @@ class N2D2Optimizer(torch.optim.Optimizer):
     def _sgd(self, params: list[torch.Tensor], cfg: SolverConfig, rate: float) -> None:
         batch = self.batch_size
         rate_diff = rate / (batch * cfg.iteration_size)
-        diffs = torch._foreach_mul([p.grad for p in params], -float(batch))  # diff = -B * g
-        steps = torch._foreach_mul(diffs, rate_diff)
+        # rate_diff * diff with diff = -B * g, as one product (exactly N2D2's value when B is a power of two)
+        steps = torch._foreach_mul([p.grad for p in params], -rate_diff * batch)
         if cfg.momentum == 0.0 and cfg.decay == 0.0:
             torch._foreach_add_(params, steps)
             return
