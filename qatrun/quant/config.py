@@ -28,7 +28,7 @@ from typing import Any
 
 from qatrun.errors import ConfigError, Location
 from qatrun.ini import Key, Params, Section
-from qatrun.quant.registry import METHODS, method
+from qatrun.quant.registry import METHODS, Method, method
 from qatrun.quant.spec import QuantSpec
 
 SOLVER_TYPES = ("SGD", "Adam")
@@ -148,7 +148,7 @@ def _read_solver(key: Key, section: Section) -> SolverPlan:
     settings = section.prefixed(prefix)
     if settings and not given:
         first = prefix + next(iter(settings))
-        raise section.error(first, f"{key.name}.X settings need {key.name}=SGD|Adam in the same section")
+        raise section.error(first, f"needs {key.name}=SGD|Adam in the same section (N2D2 ignores the settings without it)")
     return SolverPlan(
         type="Adam" if solver_type == "ADAM" else solver_type,
         settings=settings,
@@ -162,7 +162,7 @@ def _reject_in_config_section(params: Params, names: tuple[str, ...], prefixes: 
     for name in params.keys():
         if name in names or name.startswith(prefixes):
             raise params.error(
-                name, f"{name} is read from the layer section only, not from a ConfigSection (N2D2: Unknown parameter)"
+                name, "read from the layer section only, not from a ConfigSection (N2D2: Unknown parameter)"
             )
 
 
@@ -177,7 +177,7 @@ _ACT_NAMES = ("QAct", "QActSolver")
 _ACT_PREFIXES = ("QAct.", "QActSolver.")
 
 
-def _method_for(section: Section, key: Key) -> Any:
+def _method_for(section: Section, key: Key) -> Method | None:
     name = section.read(key)
     if name is None:
         return None
@@ -212,15 +212,15 @@ def plan_for(section: Section, params: Params) -> QuantPlan | None:
     else:
         stray = _first_present(section, ("QWeightSolver",), ("QWeight.", "QWeightSolver."))
         if stray is not None:
-            raise section.error(stray, f"{stray} is given but the section has no QWeight=<method>")
+            raise section.error(stray, "given, but the section has no QWeight=<method>")
 
     act = act_solver = None
     if not section.has(ACTIVATION_FUNCTION):
         stray = _first_present(section, _ACT_NAMES, _ACT_PREFIXES)
         if stray is not None:
             raise section.error(
-                stray, f"{stray} needs ActivationFunction= in the same section (the activation quantizer runs "
-                "after the activation; N2D2 silently ignores it without one)",
+                stray, "needs ActivationFunction= in the same section (the activation quantizer runs after the "
+                "activation; N2D2 silently ignores it without one)",
             )
     else:
         act_method = _method_for(section, QACT)
@@ -230,7 +230,7 @@ def plan_for(section: Section, params: Params) -> QuantPlan | None:
         else:
             stray = _first_present(section, ("QActSolver",), _ACT_PREFIXES)
             if stray is not None:
-                raise section.error(stray, f"{stray} is given but the section has no QAct=<method>")
+                raise section.error(stray, "given, but the section has no QAct=<method>")
 
     if weight is None and act is None:
         return None

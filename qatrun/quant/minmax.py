@@ -18,9 +18,10 @@ it). ``Delay=N``: the first N training steps pass values through unchanged (the 
 observed), a pure function of the step counter (:func:`minmax_active`). ``round`` is half to even, as
 ``torch.fake_quantize_per_tensor_affine``.
 
-N2D2 has no MinMax quantizer; the keys are qatrun's own (design.md §4). The scale is at least the dtype's
-machine epsilon, as in PyTorch's observers, so a zero range (all values 0) maps everything to about 0. In evaluation, an activation quantizer that never saw a training batch quantizes with the
-range of the current batch, without storing it.
+N2D2 has no MinMax quantizer; the keys are qatrun's own (design.md §4). The scale is at least the
+dtype's machine epsilon, as in PyTorch's observers, so a zero range (all values 0) maps everything to
+about 0. In evaluation, an activation quantizer that never saw a training batch quantizes with the range
+of the current batch, without storing it.
 """
 
 from __future__ import annotations

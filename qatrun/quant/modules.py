@@ -69,16 +69,28 @@ class QuantizedWeightLayer:
             levels, rescale = self.weight_quantizer.integer_forward(self.latent_weight())
         return self._mask_out(levels).to(torch.int64), rescale
 
-    def _quantized_forward(self, x: Tensor, compute: Any) -> Tensor:
-        """``compute(x, weight, bias)`` with Wq, or, in integer mode, with n then ``* rescale + bias``."""
+    def n2d2_files(self, cell_name: str) -> dict[str, Tensor]:
+        """The weight quantizer's N2D2 files (``<cell>_alphaW_LSQ`` for LSQ; none for SAT)."""
+        return self.weight_quantizer.n2d2_files(cell_name)  # type: ignore[operator]
+
+    def load_n2d2_file(self, stem: str, tensor: Tensor) -> None:
+        """Gives one of :meth:`n2d2_files` back to the weight quantizer."""
+        self.weight_quantizer.load_n2d2_file(stem, tensor)  # type: ignore[operator]
+
+    def _quantized_forward(self, x: Tensor, compute: Any, channel_dim: int) -> Tensor:
+        """``compute(x, weight, bias)`` with Wq, or, in integer mode, with n then ``* rescale + bias``.
+
+        ``channel_dim`` is the output's channel dimension (1 for convolutions, -1 for Linear).
+        """
         if not self.weight_quantizer.integer:
             return compute(x, self.quantized_weight(), self.bias)
         levels, rescale = self.weight_quantizer.integer_forward(self.latent_weight())
         y = compute(x, self._mask_out(levels), None) * rescale
         if self.bias is None:
             return y
-        # (C,) -> (C, 1, ..., 1) against the output (N, C, ...); Linear outputs (N, C) need no reshape.
-        return y + self.bias.reshape(-1, *([1] * (y.dim() - 2)))
+        shape = [1] * y.dim()
+        shape[channel_dim] = -1
+        return y + self.bias.reshape(shape)
 
 
 def _share_parameters(new: nn.Module, old: nn.Module) -> None:
@@ -111,7 +123,7 @@ class QuantConv2d(QuantizedWeightLayer, nn.Conv2d):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._quantized_forward(x, self._conv_forward)
+        return self._quantized_forward(x, self._conv_forward, 1)
 
 
 class QuantLinear(QuantizedWeightLayer, nn.Linear):
@@ -132,7 +144,7 @@ class QuantLinear(QuantizedWeightLayer, nn.Linear):
         return new
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._quantized_forward(x, F.linear)
+        return self._quantized_forward(x, F.linear, -1)
 
 
 class QuantConvTranspose2d(QuantizedWeightLayer, nn.ConvTranspose2d):
@@ -166,7 +178,7 @@ class QuantConvTranspose2d(QuantizedWeightLayer, nn.ConvTranspose2d):
                 inputs, weight, bias, self.stride, self.padding, output_padding, self.groups, self.dilation
             )
 
-        return self._quantized_forward(x, compute)
+        return self._quantized_forward(x, compute, 1)
 
 
 QUANTIZED_LAYERS: dict[type[nn.Module], type[QuantizedWeightLayer]] = {
@@ -216,6 +228,14 @@ class QuantizedActivation(nn.Module):
     def to_float(self) -> nn.Module:
         """The activation function alone."""
         return self.act
+
+    def n2d2_files(self, cell_name: str) -> dict[str, Tensor]:
+        """The activation quantizer's N2D2 files (``<cell>_QAct_SAT_Alpha``, ``<cell>_QAct_LSQ_StepSize``)."""
+        return self.quantizer.n2d2_files(cell_name)  # type: ignore[operator]
+
+    def load_n2d2_file(self, stem: str, tensor: Tensor) -> None:
+        """Gives one of :meth:`n2d2_files` back to the activation quantizer."""
+        self.quantizer.load_n2d2_file(stem, tensor)  # type: ignore[operator]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.quantizer(self.act(x))

@@ -22,9 +22,11 @@ Activations (Choi et al. 2018, PACT, with SAT's gradient calibration), one learn
     dalpha = sum g (1 if x >= a else round(R q)/R - q)      (no sign(alpha) factor, as N2D2)
 
 Exactly as N2D2's CPU kernels (reference/n2d2.md §5.1, §5.2), including their float order: Default mode
-computes ``q = 0.5 (t+1)`` first and multiplies by the reciprocal ``1/R``; the backward uses ``1/cosh``; S is
-taken from sequential float sums and a correctly rounded sqrt. Rounding: ``rint`` (half to even) for weights, ``round`` (half away from
-zero) for activations, the CPU kernels' choice, which reproduces the golden data.
+computes ``q = 0.5 (t+1)`` first and multiplies by the reciprocal ``1/R``; the backward uses ``1/cosh``;
+S is taken from sequential float sums and a correctly rounded sqrt. Rounding: ``rint`` (half to even) for
+weights, ``round`` (half away from zero) for activations: the CPU kernels' choice, which reproduces the
+golden data (every fused weight of golden/n2d2-lenet-8b and every bn1 level N2D2 logged). N2D2's CUDA
+kernels round activations half to even; qatrun rounds the same on every device.
 
 Where qatrun differs from N2D2:
 

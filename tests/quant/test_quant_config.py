@@ -89,7 +89,10 @@ def test_a_missing_solver_is_n2d2s_default_sgd():
 
 
 ERRORS = [
-    ("[conv1]\nQWeight=Prune\n", "t.ini:2: [conv1] QWeight: unknown quantization method 'Prune' (valid: SAT, LSQ, MinMax)"),
+    (
+        "[conv1]\nQWeight=Prune\n",
+        "t.ini:2: [conv1] QWeight: unknown quantization method 'Prune' (valid: SAT, LSQ, MinMax)",
+    ),
     (
         "[conv1]\nQWeight=SAT\nQWeight.Rnage=15\n",
         "t.ini:3: [conv1] QWeight.Rnage: unknown SAT weight quantizer key "
@@ -103,39 +106,66 @@ ERRORS = [
         "[cfg]\nQWeight.Rnage=15\n[conv1]\nQWeight=SAT\nConfigSection=cfg\n",
         "t.ini:2: [cfg] QWeight.Rnage: unknown SAT weight quantizer key",
     ),
-    ("[conv1]\nQWeight=SAT\nQWeight.Range=16.0\n", 't.ini:3: [conv1] QWeight.Range: expected an integer, found "16.0"'),
-    ("[conv1]\nQWeight=SAT\nQWeight.Range=0\n", "t.ini:3: [conv1] QWeight.Range: SAT weights need Range >= 1, found 0"),
+    (
+        "[conv1]\nQWeight=SAT\nQWeight.Range=16.0\n",
+        't.ini:3: [conv1] QWeight.Range: expected an integer, found "16.0"',
+    ),
+    (
+        "[conv1]\nQWeight=SAT\nQWeight.Range=0\n",
+        "t.ini:3: [conv1] QWeight.Range: SAT weights need Range >= 1, found 0",
+    ),
     (
         "[conv1]\nQWeight=SAT\nQWeight.QuantMode=Symmetric\nQWeight.Range=1\n",
         "t.ini:4: [conv1] QWeight.Range: QuantMode=Symmetric needs Range >= 2",
     ),
-    ("[conv1]\nQWeight=SAT\nQWeight.QuantMode=symmetric\n", "t.ini:3: [conv1] QWeight.QuantMode: expected one of"),
-    ("[conv1]\nQWeight.Range=15\n", "t.ini:2: [conv1] QWeight.Range: QWeight.Range is given but the section has no QWeight="),
+    (
+        "[conv1]\nQWeight=SAT\nQWeight.QuantMode=symmetric\n",
+        "t.ini:3: [conv1] QWeight.QuantMode: expected one of Default, Symmetric, Asymmetric, FullRange",
+    ),
+    (
+        "[conv1]\nQWeight.Range=15\n",
+        "t.ini:2: [conv1] QWeight.Range: given, but the section has no QWeight=<method>",
+    ),
     (
         "[conv1]\nQWeight=SAT\nQWeightSolver.LearningRate=0.1\n",
-        "t.ini:3: [conv1] QWeightSolver.LearningRate: QWeightSolver.X settings need QWeightSolver=SGD|Adam",
+        "t.ini:3: [conv1] QWeightSolver.LearningRate: needs QWeightSolver=SGD|Adam in the same section",
     ),
-    ("[conv1]\nQWeight=SAT\nQWeightSolver=RMSprop\n", "t.ini:3: [conv1] QWeightSolver: expected one of SGD, Adam, ADAM"),
+    (
+        "[conv1]\nQWeight=SAT\nQWeightSolver=RMSprop\n",
+        "t.ini:3: [conv1] QWeightSolver: expected one of SGD, Adam, ADAM",
+    ),
     (
         "[conv1]\nQWeight=LSQ\nQWeight.SetOptInitStepSize=1\nQWeight.StepOptInitStepSize=1\n",
         "t.ini:4: [conv1] QWeight.StepOptInitStepSize: 'QWeight.SetOptInitStepSize' and "
         "'QWeight.StepOptInitStepSize' are the same key; give only one",
     ),
     # QAct is honoured only next to ActivationFunction (N2D2 silently ignores it otherwise).
-    ("[conv1]\nQAct=SAT\nQAct.Alpha=6\n", "t.ini:2: [conv1] QAct: QAct needs ActivationFunction= in the same section"),
-    ("[conv1]\nQActSolver=SGD\n", "t.ini:2: [conv1] QActSolver: QActSolver needs ActivationFunction="),
-    ("[conv1]\nActivationFunction=Linear\nQAct.Alpha=6\n", "t.ini:3: [conv1] QAct.Alpha: QAct.Alpha is given but the section has no QAct="),
+    (
+        "[conv1]\nQAct=SAT\nQAct.Alpha=6\n",
+        "t.ini:2: [conv1] QAct: needs ActivationFunction= in the same section",
+    ),
+    ("[conv1]\nQActSolver=SGD\n", "t.ini:2: [conv1] QActSolver: needs ActivationFunction="),
+    (
+        "[conv1]\nActivationFunction=Linear\nQAct.Alpha=6\n",
+        "t.ini:3: [conv1] QAct.Alpha: given, but the section has no QAct=<method>",
+    ),
     # Keys N2D2 does not take from a ConfigSection.
     (
         "[cfg]\nQAct.Alpha=6\n[conv1]\nActivationFunction=Linear\nQAct=SAT\nConfigSection=cfg\n",
-        "t.ini:2: [cfg] QAct.Alpha: QAct.Alpha is read from the layer section only, not from a ConfigSection",
+        "t.ini:2: [cfg] QAct.Alpha: read from the layer section only, not from a ConfigSection",
     ),
     (
         "[cfg]\nQWeightSolver.LearningRate=0.1\n[conv1]\nQWeight=LSQ\nConfigSection=cfg\n",
-        "t.ini:2: [cfg] QWeightSolver.LearningRate: QWeightSolver.LearningRate is read from the layer section only",
+        "t.ini:2: [cfg] QWeightSolver.LearningRate: read from the layer section only",
     ),
-    ("[cfg]\nQWeight=SAT\n[conv1]\nConfigSection=cfg\n", "t.ini:2: [cfg] QWeight: QWeight is read from the layer section only"),
-    ("[conv1]\nActivationFunction=Linear\nQAct=SAT\nQAct.Alpha=0\n", "t.ini:4: [conv1] QAct.Alpha: Alpha must not be 0"),
+    (
+        "[cfg]\nQWeight=SAT\n[conv1]\nConfigSection=cfg\n",
+        "t.ini:2: [cfg] QWeight: read from the layer section only",
+    ),
+    (
+        "[conv1]\nActivationFunction=Linear\nQAct=SAT\nQAct.Alpha=0\n",
+        "t.ini:4: [conv1] QAct.Alpha: Alpha must not be 0",
+    ),
     ("[conv1]\nQWeight=LSQ\nQWeight.Range=2\n", "t.ini:3: [conv1] QWeight.Range: LSQ weights need Range >= 3"),
 ]
 

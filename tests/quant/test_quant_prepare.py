@@ -208,3 +208,33 @@ def test_preparing_twice_is_an_error():
     gm = prepare(_graph(), PLANS)
     with pytest.raises(ConfigError, match="already quantized"):
         prepare(gm, PLANS)
+
+
+def test_integer_mode_linear_adds_the_bias_on_the_last_dimension():
+    linear = nn.Linear(4, 3).double()
+    plan = _plan("fc", SATWeightSpec(range=15, integer=True))
+    float_twin = fx.symbolic_trace(nn.Sequential(copy.deepcopy(linear)))
+    default = prepare(float_twin, {"0": _plan("fc", SATWeightSpec(range=15))})
+    integer = prepare(fx.symbolic_trace(nn.Sequential(linear)), {"0": plan})
+    x = torch.randn(2, 5, 4, dtype=torch.float64)  # (N, L, C): channels last
+    torch.testing.assert_close(integer(x), default(x), rtol=1e-13, atol=1e-13)
+
+
+def test_hooks_for_the_weights_folders():
+    gm = prepare(_graph(), PLANS)
+    assert list(gm.conv1_act.n2d2_files("conv1")) == ["conv1_QAct_SAT_Alpha"]
+    gm.conv1_act.load_n2d2_file("conv1_QAct_SAT_Alpha", torch.tensor([4.0]))
+    assert float(gm.conv1_act.quantizer.alpha.detach()) == 4.0
+    assert gm.conv1.n2d2_files("conv1") == {}
+    gm(X)
+    assert list(gm.deconv1.n2d2_files("deconv1")) == ["deconv1_alphaW_LSQ"]
+    assert gm.fc1.quantized_weight().shape == gm.fc1.weight.shape
+
+
+def test_a_prepared_graph_deep_copies_and_converts_back():
+    gm = prepare(_graph(), PLANS)
+    twin = copy.deepcopy(gm)
+    assert torch.equal(twin(X), gm(X))
+    unprepare(twin)
+    assert isinstance(twin.conv1, MaskedConv2d) and twin.conv1.weight is not gm.conv1.weight
+    assert torch.equal(twin.conv1.weight, gm.conv1.weight) and torch.equal(twin.conv1.mask, gm.conv1.mask)

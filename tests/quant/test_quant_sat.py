@@ -219,3 +219,13 @@ def test_golden_bn1_activation_levels(stimulus):
     levels = (y[0].double() / float(step)).round()
     expected = (_dat(logged / "bn1.dat", (6, 28, 28)) / float(step)).round()
     assert torch.equal(levels, expected)
+
+
+def test_sat_scale_off_the_numpy_path_is_the_same_scale():
+    # Devices other than the CPU (and dtypes numpy lacks) take torch's float64 reductions instead.
+    from qatrun.quant.sat import sat_scale
+
+    wq = _weights((6, 7), seed=4)
+    s_numpy = float(sat_scale(wq, 6))
+    s_torch = float(sat_scale(wq.to(torch.bfloat16), 6))
+    assert s_torch == pytest.approx(s_numpy, rel=1e-2)
