@@ -1,0 +1,418 @@
+"""The integerization pass: a fake-quantized GraphModule -> an integer-only GraphModule, node for node.
+
+``integerize(gm, options)`` walks the source graph in order and emits, for each pattern:
+
+=========================================================== ================================================
+source                                                      integer graph
+=========================================================== ================================================
+input ``x`` (in [0, 1])                                     ``input_int``: IntInput, ``p = 255 x``
+Conv/Fc -> [Identity] -> [BatchNorm] -> activation quantizer ``<conv>``: IntConv2d/IntLinear, then
+                                                            ``<act>``: Rescale (named after the quantizer it
+                                                            replaces, so outputs compare by name)
+Conv/Fc -> ... without quantizer (the logits)               IntConv2d/IntLinear, Rescale to float64
+ElemWise Sum / ``+`` -> activation quantizer                ``<sum>``: IntAdd, ``<act>``: Rescale
+activation quantizer on integer levels                      IntAdd (one input) + Rescale
+MaxPool2d                                                   IntMaxPool2d
+AvgPool2d                                                   exact: the window sum (unit / window size);
+                                                            n2d2: the average, as N2D2 computes it
+Identity, Dropout, Softmax with loss                        nothing (the value passes through)
+Flatten, Reshape, Permute, flatten/view/reshape calls       the same operation on the integers
+=========================================================== ================================================
+
+Anything else (a non-linear activation without quantizer, a BatchNorm that follows no layer, an
+unquantized tensor reaching an integer layer) is a :class:`~qatrun.errors.RunError` naming the module.
+Each integer tensor carries its :class:`~qatrun.fuse.integerize.Grid` through the walk, so units follow
+the actual graph (residual branches included) rather than N2D2's single running ``(R_in, alpha_in)``.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx, nn
+
+from qatrun.errors import RunError
+from qatrun.fuse.fold import BATCHNORMS
+from qatrun.fuse.integerize import (
+    INPUT_GRID,
+    ActQuant,
+    BatchNormParams,
+    FuseOptions,
+    Grid,
+    IntegerLayer,
+    add_layer,
+    exact_layer,
+    n2d2_conv_bn,
+    n2d2_fc,
+)
+from qatrun.fuse.intnet import IntAdd, IntAvgPool2d, IntConv2d, IntInput, IntLinear, IntMaxPool2d, Rescale
+from qatrun.fuse.reader import DefaultReader, QuantReader
+from qatrun.fuse.scaling import error_bound_lsb
+from qatrun.net.layers import ElemWise, Permute, Reshape, Softmax
+
+PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
+SHAPE_MODULES = (nn.Flatten, Reshape, Permute)
+SHAPE_FUNCTIONS: set[Callable[..., object]] = {torch.flatten, torch.reshape, operator.getitem}
+SHAPE_METHODS = {"flatten", "view", "reshape", "contiguous", "squeeze", "unsqueeze", "permute", "size"}
+ADD_FUNCTIONS: set[Callable[..., object]] = {operator.add, torch.add}
+INPUT_MODULE = "input_int"
+
+
+@dataclass(frozen=True)
+class FusedLayer:
+    """One integer layer of the fused network.
+
+    Attributes:
+        name: the accumulating module (IntConv2d/IntLinear/IntAdd), named after the source layer.
+        rescale: the Rescale module closing it.
+        source: the source module whose output the Rescale reproduces (its activation quantizer), or
+            the last module of the pattern for an unquantized output.
+        kind: ``conv``, ``fc``, ``add`` or ``requant``.
+        out: the output grid (None: unquantized float output).
+        out_unit: real value of one output unit.
+        bound_lsb: the rescale's error bound in output levels (None for the n2d2 flavour: N2D2's
+            conversion has none).
+        layer: the per-layer integer form (weights, bias, rescale) for conv/fc.
+        mask: the connectivity of a masked (``Mapping``) convolution, for the weights files.
+    """
+
+    name: str
+    rescale: str
+    source: str
+    kind: str
+    out: Grid | None
+    out_unit: float
+    bound_lsb: int | None
+    layer: IntegerLayer | None = None
+    mask: torch.Tensor | None = None
+
+
+@dataclass
+class FuseReport:
+    """What fusion did: the integer layers in graph order, and notes for the user."""
+
+    options: FuseOptions
+    layers: list[FusedLayer] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    descriptions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def bound_lsb(self) -> int | None:
+        """Largest per-layer rescale error bound (levels); None for the n2d2 flavour."""
+        bounds = [layer.bound_lsb for layer in self.layers]
+        if any(bound is None for bound in bounds):
+            return None
+        return max((b for b in bounds if b is not None), default=0)
+
+    def summary(self) -> str:
+        """One line per integer module: name and ``describe()``, then the notes."""
+        width = max((len(name) for name in self.descriptions), default=0)
+        lines = [f"{name:<{width}}  {text}" for name, text in self.descriptions.items()]
+        return "\n".join(lines + [f"note: {note}" for note in self.notes])
+
+
+def _module_name(node: fx.Node) -> str:
+    return str(node.target)
+
+
+@dataclass
+class _Chain:
+    """A layer's single-user chain: the BatchNorm and activation quantizer nodes it absorbs."""
+
+    members: list[fx.Node]
+    bn: fx.Node | None = None
+    act: tuple[fx.Node, ActQuant] | None = None
+    relu: bool = False
+
+    @property
+    def tail(self) -> fx.Node | None:
+        return self.members[-1] if self.members else None
+
+
+class _Builder:
+    """Walks the source graph once, emitting the integer graph."""
+
+    def __init__(self, gm: fx.GraphModule, options: FuseOptions, reader: QuantReader) -> None:
+        self.gm, self.options, self.reader = gm, options, reader
+        self.modules = dict(gm.named_modules())
+        self.graph = fx.Graph()
+        self.root: dict[str, nn.Module] = {}
+        self.env: dict[fx.Node, fx.Node] = {}
+        self.grids: dict[fx.Node, Grid | None] = {}
+        self.consumed: set[fx.Node] = set()
+        self.report = FuseReport(options)
+        self.exact = options.flavour == "exact"
+
+    # ---------------------------------------------------------------------------------------- helpers
+
+    def _emit(self, name: str, module: nn.Module, *args: fx.Node) -> fx.Node:
+        assert name not in self.root, f"duplicate integer module {name}"
+        self.root[name] = module
+        self.report.descriptions[name] = f"{type(module).__name__}: {module.describe()}"  # type: ignore[operator]
+        return self.graph.call_module(name, args)
+
+    def _grid(self, node: fx.Node, user: str) -> Grid:
+        grid = self.grids.get(node)
+        if grid is None:
+            raise RunError(
+                f"{user}: its input {node.name!r} is not quantized (no activation quantizer before it), "
+                "so the network has no integer-only form here"
+            )
+        return grid
+
+    def _chain(self, node: fx.Node) -> _Chain:
+        """Follows a layer's single users through Identity/Dropout, one BatchNorm and one quantizer."""
+        chain = _Chain([])
+        current = node
+        while len(current.users) == 1:
+            user = next(iter(current.users))
+            if user.op != "call_module":
+                break
+            module = self.modules[_module_name(user)]
+            if isinstance(module, BATCHNORMS) and chain.bn is None:
+                chain.bn = user
+            elif (found := self.reader.activation(module, _module_name(user))) is not None:
+                grid, inner = found
+                if isinstance(inner, nn.ReLU):
+                    chain.relu = True
+                elif not isinstance(inner, nn.Identity):
+                    raise RunError(
+                        f"{_module_name(user)}: activation {type(inner).__name__} before the quantizer has no "
+                        "integer form (Linear or ReLU only)"
+                    )
+                chain.members.append(user)
+                chain.act = (user, grid)
+                break
+            elif not isinstance(module, PASS_THROUGH):
+                break
+            chain.members.append(user)
+            current = user
+        return chain
+
+    def _rescale_name(self, chain: _Chain, layer_name: str) -> tuple[str, str]:
+        """(Rescale module name, source module it reproduces)."""
+        tail = chain.tail
+        if tail is None:
+            return f"{layer_name}_rescale", layer_name
+        return _module_name(tail), _module_name(tail)
+
+    def _close(self, chain: _Chain, source_node: fx.Node, acc: fx.Node, info: FusedLayer, rescale: Rescale) -> None:
+        out = self._emit(info.rescale, rescale, acc)
+        tail = chain.tail or source_node
+        self.consumed.update(chain.members)
+        self.env[tail] = out
+        self.grids[tail] = info.out
+        self.report.layers.append(info)
+
+    def _bound(self, rescale: Rescale, extra: float = 0.0) -> int | None:
+        if not self.exact:
+            return None
+        bound = error_bound_lsb(rescale.params)
+        return bound if extra == 0 else int(bound + extra) + 1
+
+    # -------------------------------------------------------------------------------------- patterns
+
+    def weight_layer(self, node: fx.Node, module: nn.Module) -> None:
+        name = _module_name(node)
+        w = self.reader.weight(module, name)
+        if w is None:
+            raise RunError(f"{name}: {type(module).__name__} has no weight quantizer; only quantized layers "
+                           "have an integer form (use -fuse to fold BatchNorm in floating point)")
+        grid_in = self._grid(node.args[0], name)  # type: ignore[arg-type]
+        chain = self._chain(node)
+        bn = BatchNormParams.from_module(self.modules[_module_name(chain.bn)]) if chain.bn else None  # type: ignore
+        act = chain.act[1] if chain.act else None
+        bias = None if module.bias is None else module.bias.detach()  # type: ignore[union-attr]
+        is_conv = isinstance(module, nn.Conv2d)
+        layer = self._convert(name, w, bias, bn, act, grid_in, chain.relu, is_conv)
+        span = max(abs(grid_in.lo - grid_in.zero), abs(grid_in.hi - grid_in.zero))
+        if is_conv:
+            assert isinstance(module, nn.Conv2d)
+            if module.padding_mode != "zeros":
+                raise RunError(f"{name}: padding mode {module.padding_mode!r} has no integer form (zeros only)")
+            int_module: nn.Module = IntConv2d(
+                layer.weight, layer.bias, module.stride, module.padding, module.dilation,  # type: ignore[arg-type]
+                module.groups, grid_in.zero, span, layer.weight_codes, name,
+            )
+        else:
+            int_module = IntLinear(layer.weight, layer.bias, grid_in.zero, span, layer.weight_codes, name)
+        acc = self._emit(name, int_module, self.env[node.args[0]])  # type: ignore[index]
+        rescale = Rescale(layer.requant)
+        rescale_name, source = self._rescale_name(chain, name)
+        info = FusedLayer(name, rescale_name, source, "conv" if is_conv else "fc", layer.out, layer.out_unit,
+                          self._bound(rescale), layer, w.mask)
+        self._close(chain, node, acc, info, rescale)
+
+    def _convert(
+        self, name: str, w: object, bias: torch.Tensor | None, bn: BatchNormParams | None, act: ActQuant | None,
+        grid_in: Grid, relu: bool, is_conv: bool,
+    ) -> IntegerLayer:
+        if self.exact:
+            return exact_layer(w, bias, bn, act, grid_in, self.options, relu)  # type: ignore[arg-type]
+        if is_conv:
+            if bn is None or act is None:
+                raise RunError(f"{name}: N2D2 converts a Conv only as Conv -> BatchNorm -> activation quantizer "
+                               "(use the exact flavour)")
+            return n2d2_conv_bn(w, bias, bn, act, grid_in, self.options)  # type: ignore[arg-type]
+        if bn is not None:
+            raise RunError(f"{name}: N2D2 does not fuse a BatchNorm after an Fc (use the exact flavour)")
+        return n2d2_fc(w, bias, act, grid_in, self.options, signed=not relu)  # type: ignore[arg-type]
+
+    def add(self, node: fx.Node, name: str, weights: torch.Tensor, shifts: torch.Tensor) -> None:
+        inputs = [arg for arg in node.args if isinstance(arg, fx.Node)]
+        grids = [self._grid(arg, name) for arg in inputs]
+        chain = self._chain(node)
+        if chain.bn is not None or chain.act is None:
+            raise RunError(f"{name}: a Sum needs an activation quantizer after it (and no BatchNorm) to stay integer")
+        integer_add = add_layer(grids, weights, shifts, chain.act[1], self.options, chain.relu)
+        acc = self._emit(name, IntAdd(integer_add.multipliers, integer_add.zeros), *[self.env[a] for a in inputs])
+        rescale = Rescale(integer_add.requant)
+        rescale_name, source = self._rescale_name(chain, name)
+        info = FusedLayer(name, rescale_name, source, "add", integer_add.out, chain.act[1].unit,
+                          self._bound(rescale, integer_add.error))
+        self._close(chain, node, acc, info, rescale)
+
+    def requant(self, node: fx.Node, act: ActQuant, relu: bool) -> None:
+        """A quantizer applied to levels (after a pool or a pass-through): a one-input IntAdd + Rescale."""
+        name = _module_name(node)
+        source = node.args[0]
+        assert isinstance(source, fx.Node)
+        grid = self._grid(source, name)
+        ones = torch.ones(1, 1, dtype=torch.float64)
+        integer_add = add_layer([grid], ones, torch.zeros(1, 1), act, self.options, relu)
+        acc = self._emit(f"{name}_acc", IntAdd(integer_add.multipliers, integer_add.zeros), self.env[source])
+        rescale = Rescale(integer_add.requant)
+        info = FusedLayer(f"{name}_acc", name, name, "requant", integer_add.out, act.unit,
+                          self._bound(rescale, integer_add.error))
+        self._close(_Chain([]), node, acc, info, rescale)
+
+    def pool(self, node: fx.Node, module: nn.Module) -> None:
+        name = _module_name(node)
+        grid = self._grid(node.args[0], name)  # type: ignore[arg-type]
+        source = self.env[node.args[0]]  # type: ignore[index]
+        if isinstance(module, nn.MaxPool2d):
+            self.env[node] = self._emit(name, IntMaxPool2d(module), source)
+            self.grids[node] = grid
+            return
+        assert isinstance(module, nn.AvgPool2d)
+        pool = IntAvgPool2d(module, grid.zero, window_sum=self.exact, name=name)
+        self.env[node] = self._emit(name, pool, source)
+        self.grids[node] = pool.output_grid(grid)
+
+    def same_op(self, node: fx.Node) -> None:
+        """Copies a shape operation (or a shape module) onto the integer graph; the grid passes through."""
+        if node.op == "call_module":
+            module = self.modules[_module_name(node)]
+            self.env[node] = self._emit(_module_name(node), _ShapeModule(module), self.env[node.args[0]])  # type: ignore
+        else:
+            self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
+        first = node.args[0] if node.args else None
+        self.grids[node] = self.grids.get(first) if isinstance(first, fx.Node) else None
+
+    def passthrough(self, node: fx.Node) -> None:
+        source = node.args[0]
+        assert isinstance(source, fx.Node)
+        self.env[node] = self.env[source]
+        self.grids[node] = self.grids.get(source)
+
+    # ------------------------------------------------------------------------------------------ walk
+
+    def visit(self, node: fx.Node) -> None:
+        if node.op == "placeholder":
+            if INPUT_MODULE in self.root:
+                raise RunError("the integer network supports one input")
+            placeholder = self.graph.placeholder(node.name)
+            self.env[node] = self._emit(INPUT_MODULE, IntInput(), placeholder)
+            self.grids[node] = INPUT_GRID
+        elif node.op == "output":
+            self.graph.output(fx.map_arg(node.args[0], lambda n: self.env[n]))
+        elif node.op == "call_module":
+            self.visit_module(node, self.modules[_module_name(node)])
+        elif node.op == "call_function" and node.target in ADD_FUNCTIONS and len(node.args) == 2 and not node.kwargs:
+            self.add(node, node.name, torch.ones(2, 1), torch.zeros(2, 1))
+        elif (node.op == "call_function" and node.target in SHAPE_FUNCTIONS) or (
+            node.op == "call_method" and node.target in SHAPE_METHODS
+        ):
+            self.same_op(node)
+        else:
+            raise RunError(f"{node.name}: {node.op} {node.target} has no integer form")
+
+    def visit_module(self, node: fx.Node, module: nn.Module) -> None:
+        name = _module_name(node)
+        if isinstance(module, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+            self.weight_layer(node, module)
+        elif isinstance(module, ElemWise):
+            if module.op != "Sum":
+                raise RunError(f"{name}: ElemWise {module.op} has no integer form (Sum only)")
+            self.add(node, name, module.weights, module.shifts)
+        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+            self.pool(node, module)
+        elif isinstance(module, PASS_THROUGH) or (isinstance(module, Softmax) and module.with_loss):
+            self.passthrough(node)
+        elif isinstance(module, Softmax):
+            self.report.notes.append(f"{name}: the integer network outputs the levels before the softmax")
+            self.passthrough(node)
+        elif isinstance(module, SHAPE_MODULES):
+            self.same_op(node)
+        elif (found := self.reader.activation(module, name)) is not None:
+            act, inner = found
+            if not isinstance(inner, (nn.Identity, nn.ReLU)):
+                raise RunError(f"{name}: activation {type(inner).__name__} has no integer form (Linear or ReLU only)")
+            self.requant(node, act, isinstance(inner, nn.ReLU))
+        elif isinstance(module, BATCHNORMS):
+            raise RunError(f"{name}: a BatchNorm must directly follow a Conv or Fc to be fused")
+        else:
+            raise RunError(f"{name}: {type(module).__name__} has no integer form")
+
+    def build(self) -> tuple[fx.GraphModule, FuseReport]:
+        for node in self.gm.graph.nodes:
+            if node not in self.consumed:
+                self.visit(node)
+        if not self.exact and self.options.rescaling != "Floating-point":
+            self.report.notes.append("N2D2 rescales Fc layers in floating point whatever -act-rescaling-mode says")
+        if self.exact and "RINTF" in (
+            self.options.weights_rounding, self.options.biases_rounding, self.options.clips_rounding
+        ):
+            self.report.notes.append("round modes are ignored by the exact flavour: its weights and biases are "
+                                     "integers already and saturation replaces the clip")
+        int_gm = fx.GraphModule(self.root, self.graph, class_name="IntegerNet")
+        int_gm.eval()
+        return int_gm, self.report
+
+
+class _ShapeModule(nn.Module):
+    """A shape module (Flatten, Reshape, Permute) applied to integer levels."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.inner = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+    def describe(self) -> str:
+        return type(self.inner).__name__.lower()
+
+
+def integerize(
+    gm: fx.GraphModule, options: FuseOptions | None = None, reader: QuantReader | None = None
+) -> tuple[fx.GraphModule, FuseReport]:
+    """Converts a fake-quantized network into an integer-only one.
+
+    Args:
+        gm: the quantized network (``qatrun.quant.prepare`` applied), evaluated with its running statistics.
+        options: flavour, rescaling and round modes (default: exact, Floating-point).
+        reader: how to read quantized modules (default: the ``qatrun.quant`` modules).
+
+    Returns:
+        ``(int_gm, report)``: ``int_gm(x)`` takes the same input as ``gm`` (x = p/255) and returns levels
+        (int64), or float64 values for an unquantized output; ``report`` lists the integer layers.
+
+    Raises:
+        RunError: a part of the network has no integer-only form (the message names the module).
+    """
+    builder = _Builder(gm, options or FuseOptions(), reader or DefaultReader())
+    return builder.build()
