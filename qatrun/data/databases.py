@@ -1,0 +1,675 @@
+"""The ``[database]`` drivers: where the files are, how they are read and partitioned.
+
+A driver reads its keys from ``[database]`` (``from_section``), finds its files (``DataPath``, else
+``$N2D2_DATA/<name>`` as N2D2's ``N2D2_DATA()`` does), and returns a :class:`Stimuli`: the images (a
+``uint8`` (N, C, H, W) tensor in memory, or a list of image files read on demand), the labels, and the
+``Learn`` / ``Validation`` / ``Test`` partitions as index tensors (reference/n2d2.md section 3.1).
+
+Partitioning: a fraction ``f`` of ``n`` stimuli is ``round(f * n)`` (half away from zero, as
+``Utils::round``). With ``RandomPartitioning=1`` (the default) the stimuli drawn for ``Learn`` /
+``Validation`` are a random subset chosen by a generator seeded with the run seed; partitions keep file
+order within themselves, so a partition is a reproducible function of (files, fractions, seed). N2D2
+draws from its own Mersenne-Twister stream, so the exact subsets differ from N2D2's; the sizes do not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+
+from qatrun.data import formats
+from qatrun.errors import DataError, Location
+from qatrun.ini import Key, Section
+
+PARTITIONS = ("Learn", "Validation", "Test")
+SHIPPED_MNIST = Path(__file__).resolve().parent / "mnist"
+IMAGE_EXTENSIONS = ("png", "pgm", "ppm", "pbm", "pnm", "jpg", "jpeg", "bmp", "tif", "tiff", "webp")
+
+TYPE = Key("Type", "str", doc="database driver (MNIST_IDX_Database, CIFAR10_Database, ...)")
+DATA_PATH = Key("DataPath", "path", "", "folder holding the data set files (default $N2D2_DATA/<name>)")
+RANDOM_PARTITIONING = Key("RandomPartitioning", "bool", True, "draw Learn/Validation at random (seeded)")
+VALIDATION = Key("Validation", "float", 0.0, "fraction of the training stimuli kept for validation")
+# Base keys of every N2D2 driver that only matter for features qatrun does not have: accepted at
+# their default value, an error otherwise.
+UNSUPPORTED_AT_DEFAULT = (
+    Key("DefaultLabel", "str", "", "label of stimuli without one (ROI data)"),
+    Key("ROIsMargin", "int", 0, "margin around ROIs"),
+    Key("DataFileLabel", "bool", True, "labels come with the data files"),
+    Key("TargetDataPath", "str", "", "folder of target (segmentation) data"),
+    Key("MultiChannelMatch", "str", "", "multi-channel file pattern"),
+    Key("MultiChannelReplace", "strs", (), "multi-channel file replacements"),
+)
+COMPOSITE_LABEL = Key(
+    "CompositeLabel", "enum", "Auto", "how pixel-wise labels combine (no effect on image labels)",
+    ("None", "Auto", "Default", "Disjoint", "Combine"),
+)  # fmt: skip
+
+
+def round_half_away(value: float) -> int:
+    """N2D2's ``Utils::round``: nearest integer, halves away from zero."""
+    return int(math.floor(abs(value) + 0.5)) * (1 if value >= 0 else -1)
+
+
+def default_root(subdir: str) -> tuple[Path, str]:
+    """N2D2's default data folder ``$N2D2_DATA/<subdir>`` (``/local/$USER/n2d2_data`` if unset).
+
+    Returns:
+        ``(path, how it was derived)`` for error messages.
+    """
+    base = os.environ.get("N2D2_DATA")
+    if base:
+        return Path(base) / subdir, f"$N2D2_DATA/{subdir}"
+    user = os.environ.get("USER")
+    local = Path("/local") / user / "n2d2_data" if user else Path("/local/n2d2_data")
+    return local / subdir, f"N2D2's default when N2D2_DATA is unset, {local}/{subdir}"
+
+
+@dataclass
+class Stimuli:
+    """What a driver loaded.
+
+    Attributes:
+        labels: (N,) int64 label of each stimulus.
+        partitions: ``Learn`` / ``Validation`` / ``Test`` -> int64 indices into the stimuli.
+        label_names: name of each class (its index is the label).
+        source: the folder the data came from.
+        images: (N, C, H, W) uint8 when held in memory, else ``None``.
+        files: the image file of each stimulus when read on demand, else ``None``.
+    """
+
+    labels: torch.Tensor
+    partitions: dict[str, torch.Tensor]
+    label_names: list[str]
+    source: Path
+    images: torch.Tensor | None = None
+    files: list[Path] | None = None
+
+
+def split(
+    indices: torch.Tensor, fractions: Sequence[float], generator: torch.Generator | None, rest_to: int | None
+) -> list[torch.Tensor]:
+    """Partitions a pool by fractions, in order; each part keeps the pool order.
+
+    Args:
+        indices: the pool (int64).
+        fractions: fraction of the pool for each part.
+        generator: draws which stimuli go to which part; ``None`` takes them in order.
+        rest_to: index of the part that also receives what rounding left over, or ``None``.
+
+    Returns:
+        One index tensor per fraction; disjoint.
+    """
+    n = len(indices)
+    counts = [round_half_away(f * n) for f in fractions]
+    if rest_to is not None:
+        counts[rest_to] = n - (sum(counts) - counts[rest_to])
+    assert all(c >= 0 for c in counts) and sum(counts) <= n, (counts, n)
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    parts, start = [], 0
+    for count in counts:
+        chosen = order[start : start + count]
+        parts.append(indices[chosen.sort().values])
+        start += count
+    return parts
+
+
+@dataclass(frozen=True)
+class Database:
+    """Base of the drivers: the keys every driver reads, and the search for the data folder."""
+
+    type_name: ClassVar[str]
+    default_subdir: ClassVar[str]
+    keys: ClassVar[tuple[Key, ...]] = ()
+
+    data_path: str
+    random_partitioning: bool
+    location: Location  # of the [database] header, for error messages
+    section_name: str = "database"
+    options: tuple = field(default=())
+
+    @classmethod
+    def from_section(cls, section: Section) -> Database:
+        """Reads every key of ``[database]`` this driver honours; rejects the unsupported ones."""
+        data_path = section.read(DATA_PATH)
+        random_partitioning = section.read(RANDOM_PARTITIONING)
+        for key in UNSUPPORTED_AT_DEFAULT:
+            if section.read(key) != key.default:
+                raise section.error(key.name, f"is not supported by qatrun (only the default {key.default!r})")
+        section.read(COMPOSITE_LABEL)
+        options = tuple(section.read(key) for key in cls.keys)
+        database = cls(data_path, random_partitioning, section.location, section.name, options)
+        database.validate(section)
+        return database
+
+    def validate(self, section: Section) -> None:
+        """Checks option values (fractions in range, ...); raises ``section.error``."""
+
+    def error(self, message: str) -> DataError:
+        """A data error located at the ``[database]`` section (to ``raise``)."""
+        return DataError(f"{self.type_name}: {message}", self.location, self.section_name)
+
+    def _check_fraction(self, section: Section, key: str, value: float) -> None:
+        if not 0.0 <= value <= 1.0:
+            raise section.error(key, f"must lie in [0, 1], found {value}")
+
+    def candidates(self) -> list[tuple[Path, str]]:
+        """Folders to look in, with how each was derived."""
+        if self.data_path:
+            return [(Path(self.data_path), "DataPath")]
+        return [default_root(self.default_subdir)]
+
+    def required(self, folder: Path) -> list[Path] | None:
+        """The files this driver needs in ``folder``, or ``None`` if they are not all there."""
+        raise NotImplementedError
+
+    def wanted(self) -> str:
+        """The file names looked for, for the error message."""
+        raise NotImplementedError
+
+    def how_to_get(self) -> str:
+        """One sentence telling the user how to provide the data."""
+        raise NotImplementedError
+
+    def locate(self) -> tuple[Path, list[Path]]:
+        """The first candidate folder holding the data set.
+
+        Raises:
+            DataError: none does; the message names every folder tried and how to provide the files.
+        """
+        tried = []
+        for folder, how in self.candidates():
+            files = self.required(folder)
+            if files is not None:
+                return folder, files
+            tried.append(f"{folder} ({how})")
+        raise self.error(f"data set not found: looked for {self.wanted()} in {'; '.join(tried)}. {self.how_to_get()}")
+
+    def sizes(self) -> dict[str, int]:
+        """Number of stimuli of each partition, without decoding images."""
+        return {name: len(index) for name, index in self.partition(self.locate(), seed=0).items()}
+
+    def partition(self, found: tuple[Path, list[Path]], seed: int) -> dict[str, torch.Tensor]:
+        """The partitions (indices into the stimuli as :meth:`load` orders them)."""
+        raise NotImplementedError
+
+    def load(self, seed: int) -> Stimuli:
+        """Reads the data set and partitions it (``seed`` drives ``RandomPartitioning``)."""
+        raise NotImplementedError
+
+    def generator(self, seed: int) -> torch.Generator | None:
+        """The partitioning generator, ``None`` without ``RandomPartitioning``."""
+        return torch.Generator().manual_seed(seed) if self.random_partitioning else None
+
+
+def _first_existing(folder: Path, names: Sequence[str]) -> Path | None:
+    for name in names:
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+@dataclass(frozen=True)
+class MnistIdx(Database):
+    """``MNIST_IDX_Database``: IDX files, raw or ``.gz``; train -> Learn/Validation, t10k -> Test.
+
+    When neither ``DataPath`` nor ``$N2D2_DATA/mnist`` holds the files, the copy shipped with qatrun
+    (``qatrun/data/mnist``) is used.
+    """
+
+    type_name: ClassVar[str] = "MNIST_IDX_Database"
+    default_subdir: ClassVar[str] = "mnist"
+    keys: ClassVar[tuple[Key, ...]] = (VALIDATION,)
+    names: ClassVar[tuple[str, ...]] = (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    )
+    label_names: ClassVar[list[str]] = [str(digit) for digit in range(10)]
+    raw_shape: ClassVar[tuple[int, int, int]] = (1, 28, 28)
+    shipped: ClassVar[Path | None] = SHIPPED_MNIST
+
+    def validate(self, section: Section) -> None:
+        self._check_fraction(section, "Validation", self.options[0])
+
+    def candidates(self) -> list[tuple[Path, str]]:
+        found = super().candidates()
+        if self.shipped is not None:
+            found.append((self.shipped, "copy shipped with qatrun"))
+        return found
+
+    def required(self, folder: Path) -> list[Path] | None:
+        files = []
+        for name in self.names:
+            # N2D2's names, their .gz, and the dotted spelling of some mirrors (train-images.idx3-ubyte)
+            dotted = name.replace("-idx", ".idx")
+            path = _first_existing(folder, (name, name + ".gz", dotted, dotted + ".gz"))
+            if path is None:
+                return None
+            files.append(path)
+        return files
+
+    def wanted(self) -> str:
+        return ", ".join(f"{name}[.gz]" for name in self.names)
+
+    def how_to_get(self) -> str:
+        return (
+            "Put the four MNIST IDX files (from http://yann.lecun.com/exdb/mnist/, gzipped or not) in one of "
+            "these folders, or set DataPath in [database]."
+        )
+
+    def partition(self, found: tuple[Path, list[Path]], seed: int) -> dict[str, torch.Tensor]:
+        files = found[1]
+        n_train, n_test = formats.idx_count(files[0]), formats.idx_count(files[2])
+        learn, validation = split(torch.arange(n_train), [1.0 - self.options[0], self.options[0]], self.generator(seed), 1)
+        return {"Learn": learn, "Validation": validation, "Test": torch.arange(n_train, n_train + n_test)}
+
+    def load(self, seed: int) -> Stimuli:
+        folder, files = self.locate()
+        images = [formats.read_idx_images(files[0]), formats.read_idx_images(files[2])]
+        labels = [formats.read_idx_labels(files[1]), formats.read_idx_labels(files[3])]
+        for image, label, path in zip(images, labels, (files[1], files[3])):
+            if len(image) != len(label):
+                raise DataError(f"{path} has {len(label)} labels for {len(image)} images", Location(str(path)))
+        return Stimuli(
+            labels=torch.cat(labels),
+            partitions=self.partition((folder, files), seed),
+            label_names=list(self.label_names),
+            source=folder,
+            images=torch.cat(images),
+        )
+
+
+@dataclass(frozen=True)
+class FashionMnistIdx(MnistIdx):
+    """``Fashion_MNIST_IDX_Database``: Fashion-MNIST in the MNIST IDX layout."""
+
+    type_name: ClassVar[str] = "Fashion_MNIST_IDX_Database"
+    default_subdir: ClassVar[str] = "fashion-mnist/data/fashion"
+    label_names: ClassVar[list[str]] = [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ]  # fmt: skip
+    shipped: ClassVar[Path | None] = None
+
+    def how_to_get(self) -> str:
+        return (
+            "Put the four Fashion-MNIST IDX files (github.com/zalandoresearch/fashion-mnist, data/fashion) in "
+            "one of these folders, or set DataPath in [database]."
+        )
+
+
+def _read_names(path: Path | None, count: int) -> list[str]:
+    """Class names, one per non-empty line, or the numbers when the file is absent."""
+    if path is not None and path.is_file():
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if len(names) >= count:
+            return names[:count]
+    return [str(k) for k in range(count)]
+
+
+@dataclass(frozen=True)
+class Cifar10(Database):
+    """``CIFAR10_Database``: binary batches; train -> Learn/Validation (or all Learn with
+    ``UseTestForValidation=1``, the test set then also being Validation), test -> Test.
+
+    File names: N2D2's ``data_batch_1..5.bin`` and ``test_batch.bin``; when they are absent, any
+    ``data_batch_*.bin`` and one ``test_batch*.bin`` (e.g. the subset ``data_batch_1_first932.bin``).
+    """
+
+    type_name: ClassVar[str] = "CIFAR10_Database"
+    default_subdir: ClassVar[str] = "cifar-10-batches-bin"
+    keys: ClassVar[tuple[Key, ...]] = (
+        VALIDATION,
+        Key("UseTestForValidation", "bool", False, "all training images Learn; the test set is also Validation"),
+    )
+    label_bytes: ClassVar[int] = 1
+    nb_classes: ClassVar[int] = 10
+    raw_shape: ClassVar[tuple[int, int, int]] = (3, 32, 32)
+    train_glob: ClassVar[str] = "data_batch_*.bin"
+    test_glob: ClassVar[str] = "test_batch*.bin"
+
+    def validate(self, section: Section) -> None:
+        self._check_fraction(section, "Validation", self.options[0])
+        if self.options[1] and self.options[0] > 0:
+            raise section.error("Validation", "cannot be used with UseTestForValidation=1 (the test set is the validation set)")
+
+    def train_names(self) -> tuple[str, ...]:
+        return tuple(f"data_batch_{k}.bin" for k in range(1, 6))
+
+    def test_names(self) -> tuple[str, ...]:
+        return ("test_batch.bin",)
+
+    def required(self, folder: Path) -> list[Path] | None:
+        train = [folder / name for name in self.train_names()]
+        test = [folder / name for name in self.test_names()]
+        if not all(path.is_file() for path in train):
+            train = sorted(folder.glob(self.train_glob), key=_natural) if folder.is_dir() else []
+        if not all(path.is_file() for path in test):
+            found = sorted(folder.glob(self.test_glob)) if folder.is_dir() else []
+            test = found if len(found) == 1 else []
+        return train + test if train and test else None
+
+    def wanted(self) -> str:
+        return f"{', '.join(self.train_names())}, {', '.join(self.test_names())} (or {self.train_glob}, {self.test_glob})"
+
+    def how_to_get(self) -> str:
+        return (
+            "Extract the CIFAR-10 binary version (cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html) "
+            "into one of these folders, or set DataPath in [database]."
+        )
+
+    def label_index(self) -> int:
+        return 0
+
+    def names_file(self, folder: Path) -> Path | None:
+        return folder / "batches.meta.txt"
+
+    def partition(self, found: tuple[Path, list[Path]], seed: int) -> dict[str, torch.Tensor]:
+        files = found[1]
+        n_train = sum(formats.cifar_count(path, self.label_bytes) for path in files[:-1])
+        n_test = formats.cifar_count(files[-1], self.label_bytes)
+        test = torch.arange(n_train, n_train + n_test)
+        if self.options[1]:
+            return {"Learn": torch.arange(n_train), "Validation": test, "Test": test}
+        validation = self.options[0]
+        learn, valid = split(torch.arange(n_train), [1.0 - validation, validation], self.generator(seed), 1)
+        return {"Learn": learn, "Validation": valid, "Test": test}
+
+    def load(self, seed: int) -> Stimuli:
+        folder, files = self.locate()
+        parts = [formats.read_cifar(path, self.label_bytes, self.label_index()) for path in files]
+        return Stimuli(
+            labels=torch.cat([labels for _, labels in parts]),
+            partitions=self.partition((folder, files), seed),
+            label_names=_read_names(self.names_file(folder), self.nb_classes),
+            source=folder,
+            images=torch.cat([images for images, _ in parts]),
+        )
+
+
+def _natural(path: Path) -> list[object]:
+    """Sort key putting data_batch_2 before data_batch_10."""
+    import re
+
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name)]
+
+
+@dataclass(frozen=True)
+class Cifar100(Cifar10):
+    """``CIFAR100_Database``: ``train.bin`` / ``test.bin``, records (coarse, fine) label then pixels."""
+
+    type_name: ClassVar[str] = "CIFAR100_Database"
+    default_subdir: ClassVar[str] = "cifar-100-binary"
+    keys: ClassVar[tuple[Key, ...]] = (
+        VALIDATION,
+        Key("UseTestForValidation", "bool", False, "all training images Learn; the test set is also Validation"),
+        Key("UseCoarse", "bool", False, "use the 20 coarse labels instead of the 100 fine ones"),
+    )
+    label_bytes: ClassVar[int] = 2
+    train_glob: ClassVar[str] = "train*.bin"
+    test_glob: ClassVar[str] = "test*.bin"
+
+    @property
+    def nb_classes(self) -> int:  # type: ignore[override]
+        return 20 if self.options[2] else 100
+
+    def train_names(self) -> tuple[str, ...]:
+        return ("train.bin",)
+
+    def test_names(self) -> tuple[str, ...]:
+        return ("test.bin",)
+
+    def how_to_get(self) -> str:
+        return (
+            "Extract the CIFAR-100 binary version (cifar-100-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html) "
+            "into one of these folders, or set DataPath in [database]."
+        )
+
+    def label_index(self) -> int:
+        return 0 if self.options[2] else 1
+
+    def names_file(self, folder: Path) -> Path | None:
+        return folder / ("coarse_label_names.txt" if self.options[2] else "fine_label_names.txt")
+
+
+def list_images(folder: Path, depth: int, extensions: Sequence[str]) -> list[Path]:
+    """Image files under ``folder`` down to ``depth`` sub-directory levels, sorted per directory."""
+    allowed = {ext.lower().lstrip(".") for ext in extensions}
+    found: list[Path] = []
+    entries = sorted(folder.iterdir())
+    found += [p for p in entries if p.is_file() and p.suffix.lower().lstrip(".") in allowed]
+    if depth > 0:
+        for sub in entries:
+            if sub.is_dir():
+                found += list_images(sub, depth - 1, extensions)
+    return found
+
+
+def split_per_label(
+    labels: torch.Tensor, fractions: Sequence[float], generator: torch.Generator | None, equal: bool, complete: bool
+) -> list[torch.Tensor]:
+    """Per-label partitioning (``PerLabelPartitioning=1``): each label split by the fractions.
+
+    Args:
+        labels: (N,) label of each stimulus.
+        fractions: Learn, Validation, Test fractions.
+        generator: random draw, or ``None`` for file order.
+        equal: ``EquivLabelPartitioning``: every label contributes as many stimuli as the rarest one.
+        complete: the fractions sum to 1: the last part takes what rounding left.
+
+    Returns:
+        One sorted index tensor per fraction.
+    """
+    classes = labels.unique()
+    pools = [torch.nonzero(labels == c).flatten() for c in classes]
+    smallest = min(len(pool) for pool in pools)
+    parts: list[list[torch.Tensor]] = [[] for _ in fractions]
+    for pool in pools:
+        if equal and len(pool) > smallest:
+            pool = pool[(torch.randperm(len(pool), generator=generator) if generator is not None else torch.arange(len(pool)))[:smallest].sort().values]
+        for k, part in enumerate(split(pool, fractions, generator, len(fractions) - 1 if complete else None)):
+            parts[k].append(part)
+    return [torch.cat(p).sort().values if p else torch.zeros(0, dtype=torch.int64) for p in parts]
+
+
+@dataclass(frozen=True)
+class Directory(Database):
+    """``DIR_Database``: one label per sub-directory; images decoded with Pillow (BGR order).
+
+    Label of a file: the names of its first ``LabelDepth`` directories below ``DataPath``, joined by
+    ``/`` (prefixed with ``LabelName``); labels are numbered in sorted order.
+    """
+
+    type_name: ClassVar[str] = "DIR_Database"
+    default_subdir: ClassVar[str] = ""
+    keys: ClassVar[tuple[Key, ...]] = (
+        Key("Learn", "float", doc="fraction of each label for Learn"),
+        VALIDATION,
+        Key("Test", "float", -1.0, "fraction for Test (default 1 - Learn - Validation)"),
+        Key("Depth", "int", 1, "sub-directory levels searched for images"),
+        Key("LabelName", "str", "", "prefix of every label name"),
+        Key("LabelDepth", "int", 1, "sub-directory levels forming the label"),
+        Key("PerLabelPartitioning", "bool", True, "apply the fractions within each label"),
+        Key("EquivLabelPartitioning", "bool", True, "every label contributes as many stimuli as the rarest"),
+        Key("LoadInMemory", "bool", False, "decode every image once at start"),
+        Key("ValidExtensions", "strs", IMAGE_EXTENSIONS, "image file extensions"),
+    )
+    unsupported: ClassVar[tuple[str, ...]] = ("IgnoreMasks", "LoadMore", "ROIFile", "ROIDir", "ROIExtension")
+
+    @classmethod
+    def from_section(cls, section: Section) -> Database:
+        for key in cls.unsupported:
+            if section.has(key):
+                section.raw(key)
+                raise section.error(key, "is not supported by qatrun (no ROI or composite data)")
+        if not section.has("DataPath"):
+            raise section.error("DataPath", "required key is missing (DIR_Database has no default folder)")
+        return super().from_section(section)
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        """Learn, Validation, Test (default ``1 - Learn - Validation``)."""
+        learn, validation, test = self.options[:3]
+        return learn, validation, (max(0.0, 1.0 - learn - validation) if test < 0 else test)
+
+    def validate(self, section: Section) -> None:
+        for key, value in zip(("Learn", "Validation", "Test"), self.options[:3]):
+            if key != "Test" or value != -1.0:
+                self._check_fraction(section, key, value)
+        total = sum(self.fractions)
+        if total > 1.0 + 1e-9 or self.options[0] + self.options[1] > 1.0 + 1e-9:
+            raise section.error("Learn", f"Learn + Validation + Test = {total:g} exceeds 1")
+        if self.options[5] < 1:
+            raise section.error("LabelDepth", "must be at least 1 (qatrun trains classifiers: every image needs a label)")
+        if self.options[3] < self.options[5]:
+            raise section.error("Depth", f"must be at least LabelDepth ({self.options[5]})")
+
+    def required(self, folder: Path) -> list[Path] | None:
+        return [folder] if folder.is_dir() else None
+
+    def wanted(self) -> str:
+        return "a folder of one sub-folder of images per label"
+
+    def how_to_get(self) -> str:
+        return "Set DataPath in [database] to that folder."
+
+    def catalog(self) -> tuple[Path, list[Path], torch.Tensor, list[str]]:
+        """Lists the files and derives their labels (no decoding)."""
+        folder, _ = self.locate()
+        depth, prefix, label_depth = self.options[3], self.options[4], self.options[5]
+        files = list_images(folder, depth, self.options[9])
+        names = []
+        for path in files:
+            parts = path.relative_to(folder).parts[:-1]
+            names.append("/".join(([prefix] if prefix else []) + list(parts[:label_depth])) if parts else "")
+        files = [p for p, name in zip(files, names) if name]
+        names = [name for name in names if name]
+        if not files:
+            raise self.error(f"no image in a label sub-folder of {folder} (extensions {' '.join(self.options[9])})")
+        label_names = sorted(set(names))
+        labels = torch.tensor([label_names.index(name) for name in names], dtype=torch.int64)
+        return folder, files, labels, label_names
+
+    def partition(self, found: tuple[Path, list[Path]], seed: int) -> dict[str, torch.Tensor]:
+        _, _, labels, _ = self.catalog()
+        return self._partition(labels, seed)
+
+    def _partition(self, labels: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+        fractions = self.fractions
+        complete = abs(sum(fractions) - 1.0) < 1e-9
+        if self.options[6]:
+            parts = split_per_label(labels, fractions, self.generator(seed), self.options[7], complete)
+        else:
+            parts = split(torch.arange(len(labels)), fractions, self.generator(seed), 2 if complete else None)
+        return dict(zip(PARTITIONS, parts))
+
+    def load(self, seed: int) -> Stimuli:
+        folder, files, labels, label_names = self.catalog()
+        stimuli = Stimuli(labels, self._partition(labels, seed), label_names, folder, files=files)
+        if self.options[8]:
+            stimuli.images = stack_images([formats.read_image(path) for path in files], files)
+            stimuli.files = None
+        return stimuli
+
+
+def stack_images(images: list[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
+    """Stacks decoded images, which must share one shape (else :class:`DataError` naming two files)."""
+    shapes = {tuple(image.shape) for image in images}
+    if len(shapes) > 1:
+        first = tuple(images[0].shape)
+        other = next(k for k, image in enumerate(images) if tuple(image.shape) != first)
+        raise DataError(
+            f"images differ in size ({files[0]}: {first}, {files[other]}: {tuple(images[other].shape)}); "
+            "LoadInMemory=1 needs one size"
+        )
+    return torch.stack(images)
+
+
+@dataclass(frozen=True)
+class Ilsvrc2012(Database):
+    """``ILSVRC2012_Database``: ``train/<synset>/*.JPEG`` (Learn fraction, rest Test) and ``val/`` with
+    ``val.txt`` (``<file> <label index>`` per line) for Validation and, with ``UseValidationForTest=1``,
+    Test. Classes: one synset per line of ``LabelPath`` (default ``<DataPath>/synsets.txt``), in order.
+    """
+
+    type_name: ClassVar[str] = "ILSVRC2012_Database"
+    default_subdir: ClassVar[str] = "ILSVRC2012"
+    keys: ClassVar[tuple[Key, ...]] = (
+        Key("Learn", "float", doc="fraction of train/ for Learn (the rest is Test)"),
+        Key("UseValidationForTest", "bool", True, "the validation images are also the Test set"),
+        Key("BackgroundClass", "bool", False, "label 0 is a background class; synsets start at 1"),
+        Key("LabelPath", "path", "", "synset list (default <DataPath>/synsets.txt)"),
+    )
+
+    def validate(self, section: Section) -> None:
+        self._check_fraction(section, "Learn", self.options[0])
+
+    def required(self, folder: Path) -> list[Path] | None:
+        labels = Path(self.options[3]) if self.options[3] else folder / "synsets.txt"
+        needed = [folder / "train", folder / "val", folder / "val.txt", labels]
+        return needed if all(path.exists() for path in needed) else None
+
+    def wanted(self) -> str:
+        return "train/, val/, val.txt and synsets.txt (or LabelPath)"
+
+    def how_to_get(self) -> str:
+        return "Extract ILSVRC2012 (image-net.org) into one of these folders, or set DataPath in [database]."
+
+    def catalog(self) -> tuple[Path, list[Path], torch.Tensor, list[str], int]:
+        """Files, labels, class names, and how many files are training images."""
+        folder, (train_dir, val_dir, val_list, synsets_file) = self.locate()
+        synsets = [line.split()[0] for line in synsets_file.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in synsets_file.read_text().splitlines() if line.strip()]
+        offset = 1 if self.options[2] else 0
+        index = {synset: k + offset for k, synset in enumerate(synsets)}
+        files, labels = [], []
+        for synset in synsets:
+            for path in list_images(train_dir / synset, 0, IMAGE_EXTENSIONS) if (train_dir / synset).is_dir() else []:
+                files.append(path)
+                labels.append(index[synset])
+        n_train = len(files)
+        for line in val_list.read_text().splitlines():
+            if line.strip():
+                name, label = line.split()[:2]
+                files.append(val_dir / name)
+                labels.append(int(label) + offset)
+        label_names = (["background"] if offset else []) + names
+        return folder, files, torch.tensor(labels, dtype=torch.int64), label_names, n_train
+
+    def partition(self, found: tuple[Path, list[Path]], seed: int) -> dict[str, torch.Tensor]:
+        _, files, labels, _, n_train = self.catalog()
+        return self._partition(n_train, len(files), seed)
+
+    def _partition(self, n_train: int, n_total: int, seed: int) -> dict[str, torch.Tensor]:
+        learn, rest = split(torch.arange(n_train), [self.options[0], 1.0 - self.options[0]], self.generator(seed), 1)
+        validation = torch.arange(n_train, n_total)
+        return {"Learn": learn, "Validation": validation, "Test": validation if self.options[1] else rest}
+
+    def load(self, seed: int) -> Stimuli:
+        folder, files, labels, label_names, n_train = self.catalog()
+        return Stimuli(labels, self._partition(n_train, len(files), seed), label_names, folder, files=files)
+
+
+DATABASES: dict[str, type[Database]] = {
+    cls.type_name: cls for cls in (MnistIdx, FashionMnistIdx, Cifar10, Cifar100, Ilsvrc2012, Directory)
+}
+"""Registry: the ``[database] Type=`` value -> the driver."""
+
+
+def database_from_section(section: Section) -> Database:
+    """Reads ``[database]``.
+
+    Raises:
+        ConfigError: no or unknown ``Type`` (listing the valid ones), or a bad key.
+    """
+    kind = section.read(TYPE)
+    cls = DATABASES.get(kind)
+    if cls is None:
+        raise section.error("Type", f'unknown database "{kind}"; qatrun implements: {", ".join(DATABASES)}')
+    return cls.from_section(section)

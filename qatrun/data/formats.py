@@ -1,0 +1,166 @@
+"""Readers of the on-disk formats: IDX (MNIST), CIFAR binary records, image files.
+
+Every reader returns ``uint8`` tensors laid out (N, C, H, W) and ``int64`` labels. Colour images are
+kept in **BGR** channel order, the order OpenCV (hence N2D2) gives them: N2D2's per-channel
+``RangeAffine`` values are written for that order, and ``ColorSpaceTransformation ColorSpace=RGB``
+turns them into RGB for torchvision-style models.
+
+Malformed files raise :class:`~qatrun.errors.DataError` naming the file and what was wrong.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qatrun.errors import DataError, Location
+
+IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
+CIFAR_IMAGE_BYTES = 3 * 32 * 32
+
+
+def _read_bytes(path: Path) -> bytes:
+    """Reads a file, decompressing it if its name ends in ``.gz``."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as stream:
+                return stream.read()
+        return path.read_bytes()
+    except (OSError, EOFError) as exc:  # gzip raises BadGzipFile (an OSError) or EOFError
+        raise DataError(f"cannot read {path}: {exc}", Location(str(path))) from None
+
+
+def _idx_header(data: bytes, path: Path, magic: int) -> list[int]:
+    """Checks the IDX magic number and returns the dimensions."""
+    if len(data) < 8:
+        raise DataError(f"{path} is not an IDX file (only {len(data)} bytes)", Location(str(path)))
+    found = int.from_bytes(data[:4], "big")
+    if found != magic:
+        raise DataError(
+            f"{path} is not an IDX file of the expected kind: magic number {found}, expected {magic}",
+            Location(str(path)),
+        )
+    ndim = magic & 0xFF
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    expected = 4 + 4 * ndim + int(np.prod(dims))
+    if len(data) != expected:
+        raise DataError(
+            f"{path} has {len(data)} bytes, its IDX header {dims} announces {expected}", Location(str(path))
+        )
+    return dims
+
+
+def read_idx_images(path: Path) -> torch.Tensor:
+    """Reads an IDX3 image file (raw or ``.gz``).
+
+    Args:
+        path: the file.
+
+    Returns:
+        (N, 1, H, W) uint8.
+    """
+    data = _read_bytes(path)
+    count, height, width = _idx_header(data, path, IDX_IMAGES_MAGIC)
+    pixels = np.frombuffer(data, np.uint8, offset=16).reshape(count, 1, height, width)
+    return torch.from_numpy(pixels.copy())
+
+
+def read_idx_labels(path: Path) -> torch.Tensor:
+    """Reads an IDX1 label file (raw or ``.gz``).
+
+    Args:
+        path: the file.
+
+    Returns:
+        (N,) int64.
+    """
+    data = _read_bytes(path)
+    _idx_header(data, path, IDX_LABELS_MAGIC)
+    return torch.from_numpy(np.frombuffer(data, np.uint8, offset=8).astype(np.int64))
+
+
+def idx_count(path: Path) -> int:
+    """Number of items of an IDX file, from its header only (a raw file is not read further)."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as stream:
+                head = stream.read(8)
+        else:
+            with open(path, "rb") as stream:
+                head = stream.read(8)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}", Location(str(path))) from None
+    if len(head) < 8:
+        raise DataError(f"{path} is not an IDX file (only {len(head)} bytes)", Location(str(path)))
+    return int.from_bytes(head[4:8], "big")
+
+
+def read_cifar(path: Path, label_bytes: int, label_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reads a CIFAR binary file: records of ``label_bytes`` label bytes then 3072 pixel bytes.
+
+    The pixels of a record are the R, G and B planes of a 32 x 32 image, each row-major; they are
+    returned in BGR order (see the module docstring).
+
+    Args:
+        path: the file (``data_batch_1.bin``, ``train.bin``, ...).
+        label_bytes: 1 for CIFAR-10, 2 for CIFAR-100 (coarse, fine).
+        label_index: which label byte to keep.
+
+    Returns:
+        ``(images (N, 3, 32, 32) uint8 BGR, labels (N,) int64)``.
+    """
+    data = _read_bytes(path)
+    record = label_bytes + CIFAR_IMAGE_BYTES
+    if len(data) % record:
+        raise DataError(
+            f"{path} has {len(data)} bytes, not a whole number of {record}-byte CIFAR records",
+            Location(str(path)),
+        )
+    rows = np.frombuffer(data, np.uint8).reshape(-1, record)
+    labels = torch.from_numpy(rows[:, label_index].astype(np.int64))
+    rgb = rows[:, label_bytes:].reshape(-1, 3, 32, 32)
+    return torch.from_numpy(np.ascontiguousarray(rgb[:, ::-1])), labels
+
+
+def cifar_count(path: Path, label_bytes: int) -> int:
+    """Number of records of a CIFAR binary file, from its size."""
+    return path.stat().st_size // (label_bytes + CIFAR_IMAGE_BYTES)
+
+
+def read_image(path: Path) -> torch.Tensor:
+    """Decodes an image file as OpenCV's ``imread(IMREAD_UNCHANGED)`` would lay it out.
+
+    Gray images (PGM, gray PNG) keep one channel; colour images come in BGR order (BGRA with alpha);
+    16-bit images are rejected (qatrun's pipeline is 8-bit).
+
+    Args:
+        path: an image file Pillow can read (PNG, PGM/PPM, JPEG, BMP, TIFF, ...).
+
+    Returns:
+        (C, H, W) uint8.
+    """
+    from PIL import Image  # Pillow comes with matplotlib; imported here so that IDX/CIFAR need not load it
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            if mode in ("1", "P"):
+                image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+            elif mode in ("LA", "PA"):
+                image = image.convert("RGBA")
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                image = image.convert("RGB")
+            elif mode not in ("L", "RGB", "RGBA"):
+                raise DataError(f"{path}: pixel mode {mode} is not 8-bit gray or colour", Location(str(path)))
+            array = np.asarray(image)
+    except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises on unreadable files
+        raise DataError(f"cannot decode image {path}: {exc}", Location(str(path))) from None
+    if array.ndim == 2:
+        return torch.from_numpy(array.copy())[None]
+    bgr = array[..., [2, 1, 0, 3]] if array.shape[2] == 4 else array[..., ::-1]
+    return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))
