@@ -232,6 +232,8 @@ def loss_value(
         default_value: MSE target elsewhere.
     """
     if kind == "ce":
+        if out.shape[0] == batch_size:  # a full batch: the mean is sum / B, in one kernel
+            return F.cross_entropy(out, y)
         return F.cross_entropy(out, y, reduction="sum") / batch_size
     target = torch.full_like(out, default_value)
     target.scatter_(1, y[:, None], target_value)
@@ -436,6 +438,8 @@ def interrupt_guard() -> Iterator[Callable[[], bool]]:
 
     def handler(signum: int, frame: object) -> None:
         requested.set()
+        print(f"\n{signal.Signals(signum).name}: saving the learning state after this step "
+              "(send it again to stop at once)", file=sys.stderr)
         for sig, old in previous.items():
             signal.signal(sig, old)
 
@@ -466,6 +470,7 @@ class _Run:
     world: int
     has_validation: bool
     say: Callable[[str], None]
+    meta: dict[str, Any]
     # device-side per-batch stats of the current epoch: sizes (host ints), correct counts, losses
     sizes: list[int] = field(default_factory=list)
     correct: list[torch.Tensor] = field(default_factory=list)
@@ -489,6 +494,7 @@ def learn(
     weights: WeightsIO | None = None,
     resume: Path | None = None,
     say: Callable[[str], None] = print,
+    meta: dict[str, Any] | None = None,
 ) -> LearnResult:
     """N2D2's ``learn_epoch`` (or ``learn``): learn, validate, keep the best, reload it, test it.
 
@@ -500,6 +506,7 @@ def learn(
         weights: how weights folders are written and read (default: the module's ``state_dict``).
         resume: a ``net_state`` folder to continue from (``-l``).
         say: console output (rank 0 only).
+        meta: plain data saved with an interrupted state (the resolved INI, versions).
 
     Returns:
         What happened.
@@ -512,12 +519,14 @@ def learn(
         model=model, provider=provider, optimizer=optimizer, cfg=cfg, weights=weights or ModuleIO(model),
         progress=Progress(), device=_device(model), rank=rank, world=world,
         has_validation=provider.size("Validation") > 0, say=say if rank == 0 else (lambda _: None),
+        meta=meta or {},
     )
     if resume is not None:
         run.progress = _restore(load_state(resume), model, optimizer, cfg.seed)
     elif world > 1:
         _broadcast_model(model)
     _start(run, fresh=resume is None)
+    run.progress.done = run.progress.done or (cfg.epochs == 0 and cfg.stimuli == 0)
     model.train()
     with interrupt_guard() as requested:
         while not run.progress.done:
@@ -708,7 +717,7 @@ def _interrupt(run: _Run) -> None:
     folder = run.cfg.out_dir / "net_state"
     _epoch_stats(run)
     if run.writes:
-        save_state(folder, run.model, run.optimizer, run.progress, run.cfg.seed)
+        save_state(folder, run.model, run.optimizer, run.progress, run.cfg.seed, run.meta)
     _barrier(run.world)
     p = run.progress
     raise Interrupted(

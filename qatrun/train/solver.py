@@ -29,7 +29,9 @@ Learning-rate policies: :func:`learning_rate` is a pure function of the number o
 the current one (N2D2's ``nbIterations``, which stops counting at MaxIterations when that is set). Step,
 Exponential, InvT and Cosine decays count *samples* (``updates * I * B // LearningRateStepSize``); Poly and Inv
 count updates. Each operation is written unfused (a product, then a sum) in the order of the reference, so a plain
-float64 reference reproduces the update bit for bit (``Tensor.add_(x, alpha=a)`` fuses into an FMA on CPU).
+float64 reference reproduces the update bit for bit (``Tensor.add_(x, alpha=a)`` fuses into an FMA on CPU). The
+SGD step ``r * diff = r * (-B * g)`` is computed as one product ``(-r * B) * g``, which is the same number when B
+is a power of two. The updates run as ``torch._foreach_*`` ops over each group.
 
 Where qatrun differs from N2D2, and why:
   * N2D2 computes ``nbIterations * I * B`` in ``unsigned int`` and wraps after 2^32 samples; qatrun does not
@@ -231,8 +233,10 @@ class N2D2Optimizer(torch.optim.Optimizer):
     def _sgd(self, params: list[torch.Tensor], cfg: SolverConfig, rate: float) -> None:
         batch = self.batch_size
         rate_diff = rate / (batch * cfg.iteration_size)
-        # rate_diff * diff with diff = -B * g, as one product (exactly N2D2's value when B is a power of two)
-        steps = torch._foreach_mul([p.grad for p in params], -rate_diff * batch)
+        # rate_diff * diff with diff = -B * g, as one product (exactly N2D2's value when B is a power of two),
+        # in place: the gradients are consumed by this update anyway
+        steps = [p.grad for p in params]
+        torch._foreach_mul_(steps, -rate_diff * batch)
         if cfg.momentum == 0.0 and cfg.decay == 0.0:
             torch._foreach_add_(params, steps)
             return

@@ -214,9 +214,12 @@ def read_values(path: str | os.PathLike[str]) -> torch.Tensor:
     """All whitespace-separated numbers of a text file, as float64 (``-0``, ``nan`` and ``inf`` accepted).
 
     Raises:
-        DataError: the file holds something that is not a number.
+        DataError: the file cannot be read or holds something that is not a number.
     """
-    tokens = Path(path).read_text().split()
+    try:
+        tokens = Path(path).read_text().split()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"Could not open synaptic file: {os.fspath(path)} ({exc})") from None
     try:
         return torch.tensor([float(t) for t in tokens], dtype=torch.float64)
     except ValueError as exc:

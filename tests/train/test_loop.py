@@ -158,7 +158,7 @@ def test_stop_valid_really_stops_and_best_weights_are_reloaded(tmp_path: Path) -
     frozen = N2D2Optimizer(group_by_solver([(n, p, SolverConfig(learning_rate=0.0))
                                             for n, p in model.named_parameters()]), BATCH)
     lines: list[str] = []
-    result = learn(model, TinyProvider(), frozen, _config(tmp_path, epochs=10, stop_valid=2), io,
+    result = learn(model, TinyProvider(), frozen, _config(tmp_path, epochs=10, stop_valid=2, plots=True), io,
                    say=lines.append)
     assert result.stopped_early and result.progress.epoch == 3  # 1 best + 2 lower, then no 4th epoch
     assert result.best_folder == tmp_path / "weights_validation"
@@ -168,6 +168,9 @@ def test_stop_valid_really_stops_and_best_weights_are_reloaded(tmp_path: Path) -
     assert len((tmp_path / "out.Target" / "Success_validation.dat").read_text().splitlines()) == 3
     for name in ("weights_init", "weights_validation"):
         assert (tmp_path / name / "fc_weights.syntxt").is_file()
+    for name in ("Success_learning.png", "Success_validation.png", "ConfusionMatrix_validation.dat",
+                 "ConfusionMatrix_test.dat"):
+        assert (tmp_path / "out.Target" / name).is_file(), name
 
 
 def test_best_weights_are_the_ones_reloaded(tmp_path: Path) -> None:
@@ -209,11 +212,11 @@ def test_test_metrics_match_a_manual_count() -> None:
     assert model.training is False  # test() restores the mode it found
 
 
-@pytest.mark.parametrize("kind", ["ce", "mse"])
-def test_loss_gradient_is_n2d2_diff(kind: str) -> None:
-    """N2D2 diff = target - output (MSE) or onehot - softmax (CE), summed over the batch; loss / B."""
-    out = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    y = torch.tensor([0, 3, 1])
+@pytest.mark.parametrize(("kind", "n"), [("ce", 3), ("ce", 8), ("mse", 3), ("mse", 8)])
+def test_loss_gradient_is_n2d2_diff(kind: str, n: int) -> None:
+    """N2D2 diff = target - output (MSE) or onehot - softmax (CE), summed over the batch; loss / B (B = 8)."""
+    out = torch.randn(n, 4, dtype=torch.float64, requires_grad=True)
+    y = torch.arange(n) % 4
     loss_value(kind, out, y, batch_size=8, target_value=1.0, default_value=-0.5).backward()
     onehot = torch.nn.functional.one_hot(y, 4).double()
     if kind == "ce":
