@@ -120,7 +120,7 @@ def read_activation(section: Section, default: str | None) -> tuple[str, nn.Modu
     for key in given:
         param = key[len(ACTIVATION) + 1 :]
         if param not in allowed:
-            takes = f"its parameters: {', '.join(allowed)}" if allowed else "it takes none"
+            takes = f"takes {', '.join(allowed)}" if allowed else "takes no parameter"
             raise section.error(key, f"Unknown parameter: {key} ({name} {takes})")
     params = {param: section.read(ACTIVATION_KEYS[f"{ACTIVATION}.{param}"]) for param in allowed}
     return name, make_activation(name, params)

@@ -109,8 +109,8 @@ class Context:
         if equal_to_channels and value != channels:
             raise self.error(
                 NB_OUTPUTS.name,
-                f"{self.type_name} keeps the number of channels: NbOutputs must equal the "
-                f"{channels} input channels, found {value}",
+                f"{self.type_name} keeps the number of channels: NbOutputs must equal the number of input "
+                f"channels ({channels}), found {value}",
             )
         return value
 

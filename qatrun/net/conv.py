@@ -57,7 +57,7 @@ def _out_size(ctx: Context, size: int, kernel: int, stride: int, pad: int, dil: 
     if out < 1:
         raise ctx.error(
             key, f"the output would be empty: input {size}, kernel {kernel} (dilation {dil}), padding {pad}, "
-            f"stride {stride} give {out}"
+            f"stride {stride} give an output size of {out}"
         )
     return out
 

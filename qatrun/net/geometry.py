@@ -36,6 +36,7 @@ class Family:
         scalar: ``X`` (both axes).
         x: the width key.
         y: the height key.
+        what: what the keys give (for messages).
         minimum: the smallest valid value (1 for sizes and steps, None for paddings, which may be negative).
     """
 
@@ -43,6 +44,7 @@ class Family:
     scalar: Key
     x: Key
     y: Key
+    what: str
     minimum: int | None = 1
 
     @property
@@ -58,6 +60,7 @@ def _family(
         Key(scalar, "int", 0, f"{what}, both axes (priority over {x}/{y})"),
         Key(x, "int", default, f"{what} along the width"),
         Key(y, "int", default, f"{what} along the height"),
+        what,
         minimum,
     )
 
@@ -116,8 +119,9 @@ def read_pair(section: Section, family: Family) -> Pair:
         pair = Pair(value, value, family.scalar.name)
     elif family.x.default is REQUIRED and not present:
         raise section.error(
-            family.x.name,
-            f"missing: give {family.dims.name}, {family.scalar.name}, or {family.x.name} and {family.y.name}",
+            None,
+            f"the {family.what} is missing: give {family.dims.name}, {family.scalar.name}, or {family.x.name} "
+            f"and {family.y.name}",
         )
     else:
         w, h = section.read(family.x), section.read(family.y)

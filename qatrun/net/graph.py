@@ -11,11 +11,13 @@ function nodes: channel concatenation of several inputs, the flatten before an F
 reshape when an Fc output feeds a convolution, ``detach`` for ``BackPropagate=0``, and the crop of a
 negative Conv padding. The GraphModule carries ``cells`` (section name -> :class:`Cell`) and ``targets``
 (:class:`Target` list); ``forward(x)`` returns the output of the target cell, or a tuple when there are
-several targets, one per target.
+several targets, one per target. ``copy.deepcopy(gm)`` keeps ``cells`` and ``targets`` (pointing at the
+copied modules); a pass that builds a new GraphModule from a rewritten graph must carry them over.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 from dataclasses import dataclass, field
@@ -103,6 +105,15 @@ class Cell:
     macs: int = 0
     params: dict[str, object] = field(default_factory=dict)
 
+    def __deepcopy__(self, memo: dict[int, object]) -> Cell:
+        # The modules are state and are copied (with the GraphModule holding them); the section is
+        # configuration and stays shared, so reads through a copy are still seen by strict mode.
+        copied = copy.copy(self)
+        copied.module = copy.deepcopy(self.module, memo)
+        copied.act_module = copy.deepcopy(self.act_module, memo)
+        copied.params = copy.deepcopy(self.params, memo)
+        return copied
+
     @property
     def module_name(self) -> str:
         """The submodule name of the cell in the GraphModule."""
@@ -138,6 +149,9 @@ class Target:
     top_n: int = 1
     labels_mapping: str = ""
     create_missing_labels: bool = False
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Target:
+        return copy.copy(self)  # every field is immutable but the section, which stays shared
 
 
 @dataclass
@@ -183,11 +197,11 @@ def _read_inputs(section: Section, layer_names: set[str]) -> tuple[str, ...]:
         if not name:
             raise section.error(INPUT.name, "empty name in the comma-separated list")
         if name not in layer_names and name not in SOURCES:
-            candidates = sorted(layer_names) + list(SOURCES)
+            hint = _did_you_mean(name, sorted(layer_names)) or _did_you_mean(name, list(SOURCES))
             raise section.error(
                 INPUT.name,
                 f"'{name}' is neither a layer section (a section with Input=) nor the network input "
-                f"(sp, env, cenv){_did_you_mean(name, candidates)}",
+                f"(sp, env, cenv){hint}",
             )
     return names
 
@@ -371,7 +385,7 @@ def _targets(doc: Document, order: list[str], cells: dict[str, Cell]) -> list[Ta
         owner, sep, _ = section.name.rpartition(".Target")
         if sep and owner and owner not in cells and not section.has(INPUT.name):
             raise section.error(
-                None, f"target section of '{owner}', which is no layer{_did_you_mean(owner, list(cells))}"
+                None, f"target section of '{owner}', which is not a layer section{_did_you_mean(owner, list(cells))}"
             )
     if not targets:
         raise ConfigError(MISSING_TARGET, Location(doc.path))
@@ -410,4 +424,6 @@ def build(doc: Document, input_shape: tuple[int, int, int]) -> fx.GraphModule:
     gm = fx.GraphModule(builder.root, builder.graph, class_name="QatrunNet")
     gm.cells = cells
     gm.targets = targets
+    # GraphModule.__deepcopy__ restores the attributes listed here (copy.deepcopy(gm) keeps them).
+    gm.meta["_user_preserved_attributes"] = {"cells": cells, "targets": targets}
     return gm

@@ -33,7 +33,8 @@ def _check_channel_wise(ctx: Context, outputs: int) -> None:
     if outputs != ctx.shape[0]:
         raise ctx.error(
             NB_OUTPUTS.name,
-            f"qatrun pools channel-wise: NbOutputs must equal the {ctx.shape[0]} input channels, found {outputs}",
+            f"qatrun pools channel-wise: NbOutputs must equal the number of input channels ({ctx.shape[0]}), "
+            f"found {outputs}",
         )
     if not given:
         raise ctx.error(
