@@ -83,7 +83,8 @@ def build_resize(ctx: Context) -> Built:
         if value < 1:
             raise ctx.error(key.name, f"expected a positive size, found {value}")
     mode, align = ctx.read(RESIZE_MODE), ctx.param(ALIGN_CORNERS)
-    return Built(layers.Resize((height, width), mode, align), (channels, height, width), params={ALIGN_CORNERS.name: align})
+    module = layers.Resize((height, width), mode, align)
+    return Built(module, (channels, height, width), params={ALIGN_CORNERS.name: align})
 
 
 def build_reshape(ctx: Context) -> Built:
@@ -91,12 +92,15 @@ def build_reshape(ctx: Context) -> Built:
     outputs = ctx.nb_outputs()
     dims = ctx.read(DIMS)
     if not 1 <= len(dims) <= 3 or min(dims) < 1:
-        raise ctx.error(DIMS.name, f"expected 1 to 3 positive sizes (W [H [C]]), found {' '.join(map(str, dims))}")
+        found = " ".join(map(str, dims))
+        raise ctx.error(DIMS.name, f"expected 1 to 3 positive sizes (W [H [C]]), found {found}")
     width = dims[0]
     height = dims[1] if len(dims) > 1 else 1
     channels = dims[2] if len(dims) > 2 else outputs
     if channels != outputs:
-        raise ctx.error(NB_OUTPUTS.name, f"NbOutputs must equal the channel size of Dims ({channels}), found {outputs}")
+        raise ctx.error(
+            NB_OUTPUTS.name, f"NbOutputs must equal the channel size of Dims ({channels}), found {outputs}"
+        )
     if channels * height * width != math.prod(ctx.shape):
         size = " x ".join(map(str, ctx.shape))
         raise ctx.error(DIMS.name, f"{width} x {height} x {channels} does not hold the {size} input values")
@@ -110,18 +114,23 @@ def build_transpose(ctx: Context) -> Built:
     if len(perm) == 3:
         perm = (*perm, 3)
     if len(perm) != 4 or sorted(perm) != [0, 1, 2, 3] or perm[3] != 3:
-        raise ctx.error(PERM.name, f"expected a permutation of 0 1 2 keeping 3 (the batch) last, found {' '.join(map(str, perm))}")
+        found = " ".join(map(str, perm))
+        raise ctx.error(PERM.name, f"expected a permutation of 0 1 2 keeping 3 (the batch) last, found {found}")
     # N2D2 dimension i is torch dimension 3 - i; output dimension j takes input dimension perm[j].
     torch_perm = tuple(3 - perm[3 - j] for j in range(4))
     size = (1, *ctx.shape)
     out = tuple(size[d] for d in torch_perm)[1:]
     if out[0] != outputs:
-        raise ctx.error(NB_OUTPUTS.name, f"NbOutputs must equal the transposed channels ({out[0]}), found {outputs}")
+        raise ctx.error(
+            NB_OUTPUTS.name, f"NbOutputs must equal the transposed channels ({out[0]}), found {outputs}"
+        )
     return Built(layers.Permute(torch_perm), out)
 
 
-register(CellType("Dropout", build_dropout, (NB_OUTPUTS, *INPUT_WINDOW_KEYS), (DROPOUT,), spatial=False, output="same"))
-register(CellType("Softmax", build_softmax, (NB_OUTPUTS, WITH_LOSS, GROUP_SIZE, *INPUT_WINDOW_KEYS), spatial=False, output="same"))
+register(CellType("Dropout", build_dropout, (NB_OUTPUTS, *INPUT_WINDOW_KEYS), (DROPOUT,), spatial=False,
+                  output="same"))
+register(CellType("Softmax", build_softmax, (NB_OUTPUTS, WITH_LOSS, GROUP_SIZE, *INPUT_WINDOW_KEYS), spatial=False,
+                  output="same"))
 register(CellType("Activation", build_activation, (NB_OUTPUTS,), spatial=False, output="same", activation="Tanh"))
 register(CellType("Scaling", build_scaling, (NB_OUTPUTS, FACTOR), spatial=False, output="same"))
 register(CellType("Padding", build_padding, (NB_OUTPUTS, *PADDINGS)))

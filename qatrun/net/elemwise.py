@@ -18,7 +18,9 @@ from qatrun.net.layers import ELEMWISE_OPS, ElemWise
 OPERATION = Key("Operation", "enum", REQUIRED, "Sum, AbsSum, EuclideanSum, Prod or Max", ELEMWISE_OPS)
 WEIGHTS = Key("Weights", "floats", (1.0,), "coefficient of each input (laid out by CoeffMode)")
 SHIFTS = Key("Shifts", "floats", (0.0,), "shift added with each input (laid out by CoeffMode)")
-COEFF_MODE = Key("CoeffMode", "enum", "PerInput", "layout of Weights and Shifts", ("PerLayer", "PerInput", "PerChannel"))
+COEFF_MODE = Key(
+    "CoeffMode", "enum", "PerInput", "layout of Weights and Shifts", ("PerLayer", "PerInput", "PerChannel")
+)
 
 ELEMWISE_KEYS = (NB_OUTPUTS, OPERATION, WEIGHTS, SHIFTS, COEFF_MODE, *INPUT_WINDOW_KEYS)
 _USES = {"Sum": ("Weights", "Shifts"), "AbsSum": ("Weights",), "EuclideanSum": ("Weights", "Shifts"),
@@ -63,4 +65,5 @@ def build_elemwise(ctx: Context) -> Built:
     return Built(ElemWise(operation, weights, shifts), ctx.shape)
 
 
-register(CellType("ElemWise", build_elemwise, ELEMWISE_KEYS, (), inputs="many", spatial=False, output="same", activation=""))
+register(CellType("ElemWise", build_elemwise, ELEMWISE_KEYS, (), inputs="many", spatial=False, output="same",
+                  activation=""))

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from qatrun.ini import REQUIRED, Key
+
+if TYPE_CHECKING:
+    from qatrun.ini import Section
 
 ROLES = ("WeightsFiller", "BiasFiller")
 VARIANCE_NORMS = ("FanIn", "Average", "FanOut")

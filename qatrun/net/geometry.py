@@ -68,7 +68,9 @@ def _family(
 KERNEL = _family("KernelDims", "KernelSize", "KernelWidth", "KernelHeight", REQUIRED, "kernel size")
 POOL = _family("PoolDims", "PoolSize", "PoolWidth", "PoolHeight", REQUIRED, "pooling window")
 STRIDE = _family("StrideDims", "Stride", "StrideX", "StrideY", 1, "stride")
-PADDING = _family("PaddingDims", "Padding", "PaddingX", "PaddingY", 0, "zero padding on each side (may be negative)", None)
+PADDING = _family(
+    "PaddingDims", "Padding", "PaddingX", "PaddingY", 0, "zero padding on each side (may be negative)", None
+)
 DILATION = _family("DilationDims", "Dilation", "DilationX", "DilationY", 1, "dilation")
 SUBSAMPLE = _family("SubSampleDims", "SubSample", "SubSampleX", "SubSampleY", 1, "output sub-sampling")
 

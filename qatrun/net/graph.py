@@ -29,7 +29,8 @@ from torch.nn import functional as F
 
 from qatrun.errors import ConfigError, Location
 from qatrun.ini import Key
-from qatrun.net import basic, batchnorm, conv, elemwise, fc, layers, pool  # noqa: F401  (cell types register on import)
+from qatrun.net import layers
+from qatrun.net import basic, batchnorm, conv, elemwise, fc, pool  # noqa: F401  (their cell types register on import)
 from qatrun.net.activations import ACTIVATION, ACTIVATION_KEYS, read_activation
 from qatrun.net.cells import (
     CELL_TYPES,
@@ -54,7 +55,9 @@ SOURCES = ("sp", "env", "cenv")
 """Names that denote the network input in ``Input=``."""
 
 DEFAULT_MODEL = Key("DefaultModel", "str", "Transcode", "N2D2's implementation (Frame, Frame_CUDA): no effect")
-DEFAULT_DATA_TYPE = Key("DefaultDataType", "enum", "Float32", "number type of the cells", ("Float16", "Float32", "Float64"))
+DEFAULT_DATA_TYPE = Key(
+    "DefaultDataType", "enum", "Float32", "number type of the cells", ("Float16", "Float32", "Float64")
+)
 INSERT_BATCHNORM = Key("InsertBatchNormAfterConv", "bool", False, "insert a BatchNorm after every Conv (not supported)")
 GLOBAL_KEYS = (DEFAULT_MODEL, DEFAULT_DATA_TYPE, INSERT_BATCHNORM)
 

@@ -9,7 +9,6 @@ Global pooling is a window of the whole input: ``PoolDims=[x]_OutputsWidth [x]_O
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from qatrun.ini import REQUIRED, Key
@@ -17,16 +16,16 @@ from qatrun.net import geometry, mapping
 from qatrun.net.cells import NB_OUTPUTS, Built, CellType, Context, register
 from qatrun.net.geometry import PADDING, POOL, STRIDE, read_pair
 
-POOLING = Key("Pooling", "enum", REQUIRED, "Max or Average (required: N2D2's code has no default)", ("Max", "Average"))
+POOLING = Key(
+    "Pooling", "enum", REQUIRED, "Max or Average (required: N2D2's code has no default)", ("Max", "Average")
+)
 
 POOL_KEYS = (NB_OUTPUTS, *POOL.keys, *STRIDE.keys, *PADDING.keys, POOLING, *mapping.MAPPING_KEYS.values())
 
 
 def _check_channel_wise(ctx: Context, outputs: int) -> None:
     links = mapping.connectivity(ctx.section, [(s.name, s.shape[0]) for s in ctx.sources], outputs)
-    if outputs == ctx.shape[0] and (
-        links.groups == outputs or links.mask is not None and torch.equal(links.mask, torch.eye(outputs, dtype=torch.bool))
-    ):
+    if outputs == ctx.shape[0] and links.groups == outputs:  # the identity: O groups of one channel
         return
     given = [key for key in ctx.section.keys() if key.startswith(mapping.MAPPING)]
     how = "Mapping.Size=1 (or Mapping.ChannelsPerGroup=1) with NbOutputs equal to the input channels"

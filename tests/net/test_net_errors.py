@@ -67,6 +67,9 @@ CASES = [
     ("typo-in-config", CONV + "KernelDims=3 3\nNbOutputs=4\nConfigSection=cfg\n[cfg]\nNoBais=1\n", (1, 8, 8),
      "test.ini:8: [cfg] NoBais: Unknown parameter: NoBais (a Conv cell takes NoBias, BackPropagate, "
      "WeightsExportFormat, WeightsExportFlip, OutputsRemap) (did you mean 'NoBias'?)"),
+    ("geometry-in-config", CONV + "NbOutputs=4\nConfigSection=cfg\n[cfg]\nKernelDims=3 3\n", (1, 8, 8),
+     "test.ini:7: [cfg] KernelDims: Unknown parameter: KernelDims (a Conv cell takes NoBias, BackPropagate, "
+     "WeightsExportFormat, WeightsExportFlip, OutputsRemap)"),
     ("param-of-pool", "[p]\nInput=sp\nType=Pool\nPoolDims=2 2\nPooling=Max\nNbOutputs=1\nConfigSection=cfg\n"
      "[cfg]\nNoBias=1\n", (1, 8, 8),
      "test.ini:9: [cfg] NoBias: Unknown parameter: NoBias (a Pool cell takes no parameters)"),

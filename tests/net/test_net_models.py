@@ -165,7 +165,8 @@ def test_golden_n2d2_lenet_8b() -> None:
     doc = load(str(GOLDEN / "LeNet-bn-SAT-8b.ini"))
     gm = build(doc, (1, 32, 32))
     shapes = {row.name: row.out_shape for row in summarize(gm)}
-    # the README: conv1 5x5 6 maps, pool1 2x2/2, conv2 16 maps on all channels, pool2, conv3 120 maps 1x1, fc1 84, fc2 10
+    # the README: conv1 5x5 6 maps, pool1 2x2/2, conv2 16 maps on all channels, pool2, conv3 120 maps 1x1,
+    # fc1 84, fc2 10
     assert {name: shapes[name] for name in ("conv1", "pool1", "conv2", "pool2", "conv3", "fc1", "fc2")} == {
         "conv1": (6, 28, 28), "pool1": (6, 14, 14), "conv2": (16, 10, 10), "pool2": (16, 5, 5),
         "conv3": (120, 1, 1), "fc1": (84, 1, 1), "fc2": (10, 1, 1),
