@@ -23,8 +23,9 @@ function of (seed, epoch) only, not of torch's global random state.
 
 Distributed (``torch.distributed`` initialised, e.g. by torchrun): the model is broadcast from rank 0, each
 rank reads its shard (``provider.loader(..., rank, world)``), gradients are summed over ranks (the loss is
-normalised by the global nominal batch), BatchNorm running statistics are averaged before each validation,
-confusion matrices are summed, and only rank 0 prints and writes files.
+normalised by the global nominal batch) and BatchNorm running statistics averaged after each step (one message),
+confusion matrices are summed, and only rank 0 prints and writes files (an interrupted state keeps the random
+state of every rank).
 """
 
 from __future__ import annotations
@@ -267,24 +268,21 @@ def _all_reduce_sum(tensors: list[torch.Tensor]) -> None:
         offset += t.numel()
 
 
-def _sync_gradients(optimizer: torch.optim.Optimizer) -> None:
+def _sync_step(optimizer: torch.optim.Optimizer, model: nn.Module, world: int) -> None:
+    """Sums the gradients over ranks and averages the floating buffers (BatchNorm running statistics), so
+    that every rank holds the same state after each step (as one message)."""
     grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    _all_reduce_sum(grads)
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    with torch.no_grad():
+        _all_reduce_sum(grads + buffers)
+        if buffers:
+            torch._foreach_div_(buffers, float(world))
 
 
 def _broadcast_model(model: nn.Module) -> None:
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             torch.distributed.broadcast(tensor, 0)
-
-
-def _average_buffers(model: nn.Module, world: int) -> None:
-    """Averages the floating buffers (BatchNorm running statistics) over ranks."""
-    buffers = [b for b in model.buffers() if b.is_floating_point()]
-    with torch.no_grad():
-        _all_reduce_sum(buffers)
-        for buffer in buffers:
-            buffer.div_(world)
 
 
 def _any_rank(flag: bool, device: torch.device, world: int) -> bool:
@@ -367,7 +365,7 @@ def _set_rng_states(states: dict[str, Any]) -> None:
 
 def save_state(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, seed: int,
-    meta: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None, rng: list[dict[str, Any]] | None = None,
 ) -> None:
     """Writes everything a resume needs into ``folder/state.pt`` (atomically).
 
@@ -378,13 +376,14 @@ def save_state(
         progress: where learning stands.
         seed: the run's ``-seed`` (the data order depends on it).
         meta: anything else worth keeping with the state (the resolved INI, versions), plain data.
+        rng: the random states of every rank (default: this process's).
     """
     state = {
         "format": STATE_FORMAT,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "progress": asdict(progress),
-        "rng": _rng_states(),
+        "rng": rng if rng is not None else [_rng_states()],
         "seed": seed,
         "meta": meta or {},
     }
@@ -410,12 +409,15 @@ def load_state(folder: Path) -> dict[str, Any]:
     return state
 
 
-def _restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, seed: int) -> Progress:
+def _restore(
+    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, seed: int, rank: int
+) -> Progress:
     if state["seed"] != seed:
         raise RunError(f"the state was saved with -seed {state['seed']}; resume with the same seed (not {seed})")
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
-    _set_rng_states(state["rng"])
+    rng = state["rng"]
+    _set_rng_states(rng[rank] if rank < len(rng) else rng[0])  # a different world size reuses rank 0's
     progress = Progress(**state["progress"])
     progress.history = [tuple(h) for h in progress.history]  # type: ignore[misc]
     progress.epoch_log = [tuple(e) for e in progress.epoch_log]  # type: ignore[misc]
@@ -522,7 +524,7 @@ def learn(
         meta=meta or {},
     )
     if resume is not None:
-        run.progress = _restore(load_state(resume), model, optimizer, cfg.seed)
+        run.progress = _restore(load_state(resume), model, optimizer, cfg.seed, rank)
     elif world > 1:
         _broadcast_model(model)
     _start(run, fresh=resume is None)
@@ -584,7 +586,7 @@ def _learn_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> None:
     loss = loss_value(cfg.loss, out, y, cfg.batch_size, cfg.target_value, cfg.default_value)
     loss.backward()
     if run.world > 1:
-        _sync_gradients(run.optimizer)
+        _sync_step(run.optimizer, run.model, run.world)
     run.optimizer.step()
     run.sizes.append(x.shape[0])
     run.correct.append((out.detach().argmax(dim=1) == y).sum())
@@ -676,8 +678,6 @@ def _append_learning_curve(run: _Run, stats: list[tuple[int, int, float]]) -> No
 def _log_point(run: _Run) -> None:
     """Validation and best-weights selection, or periodic ``weights/`` without a Validation partition."""
     p, cfg = run.progress, run.cfg
-    if run.world > 1:
-        _average_buffers(run.model, run.world)
     if not run.has_validation:
         if run.writes:
             run.weights.save(cfg.out_dir / "weights")
@@ -716,8 +716,12 @@ def _write_validation(run: _Run, metrics: Metrics) -> None:
 def _interrupt(run: _Run) -> None:
     folder = run.cfg.out_dir / "net_state"
     _epoch_stats(run)
+    rng = [_rng_states()]
+    if run.world > 1:
+        rng = [{} for _ in range(run.world)]
+        torch.distributed.all_gather_object(rng, _rng_states())
     if run.writes:
-        save_state(folder, run.model, run.optimizer, run.progress, run.cfg.seed, run.meta)
+        save_state(folder, run.model, run.optimizer, run.progress, run.cfg.seed, run.meta, rng)
     _barrier(run.world)
     p = run.progress
     raise Interrupted(

@@ -255,3 +255,32 @@ def test_two_gloo_ranks_learn_what_one_process_learns(tmp_path: Path) -> None:
         assert torch.equal(ranks[0]["state"][key], ranks[1]["state"][key]), key  # ranks agree exactly
         torch.testing.assert_close(ranks[0]["state"][key], value, rtol=1e-5, atol=1e-6)  # summation order only
     assert torch.equal(ranks[0]["matrix"], single.test.matrix)  # the test set split over ranks, summed
+
+
+def _distributed_resume_worker(rank: int, tmp: str, phase: str) -> None:
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp}/store-{phase}", rank=rank, world_size=2)
+    try:
+        model, opt, _ = _setup(seed=0)  # BatchNorm and dropout: per-rank statistics and random masks
+        out = Path(tmp) / ("straight" if phase == "straight" else "cut")
+        provider = TinyProvider(interrupt_at=(1, 2) if phase == "cut" and rank == 1 else None)
+        resume = out / "net_state" if phase == "resume" else None
+        try:
+            learn(model, provider, opt, _config(out, test_after=False), resume=resume, say=lambda _: None)
+        except Interrupted:
+            assert phase == "cut"
+            return
+        torch.save(_snapshot(model, opt), f"{tmp}/{phase}{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_ranks_resume_bit_identical(tmp_path: Path) -> None:
+    """A signal reaching one rank stops both at the same step; the resumed ranks end as the straight ones."""
+    import torch.multiprocessing as mp
+
+    for phase in ("straight", "cut", "resume"):
+        mp.start_processes(_distributed_resume_worker, args=(str(tmp_path), phase), nprocs=2, start_method="fork")
+    for rank in range(2):
+        straight, resumed = (torch.load(tmp_path / f"{p}{rank}.pt", weights_only=True) for p in ("straight", "resume"))
+        _assert_identical(resumed, straight)

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import torch
 
 from qatrun.errors import DataError
@@ -179,3 +181,17 @@ def test_atomic_folder_replaces_or_keeps(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["weights"]
     export_folder(target, [Entry("t", "scalar", {"A": torch.tensor(3.0)})])
     assert sorted(os.listdir(target)) == ["t_A.syntxt"]
+
+
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_10_digits_carry_any_float32(value: float) -> None:
+    text = format_value(value, 10)
+    assert torch.tensor(float(text), dtype=torch.float32).item() == value
+
+
+@given(st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_6_digit_text_is_stable_through_float32(value: float) -> None:
+    """What N2D2 wrote with 6 digits, read into float32 and written again, is the same text."""
+    text = format_value(value, 6)
+    again = format_value(torch.tensor(float(text), dtype=torch.float32).item(), 6)
+    assert again == text
