@@ -54,6 +54,7 @@ from qatrun.train.weights import Entry, atomic_folder, export_folder, import_fol
 LOSSES = ("ce", "mse")
 STATE_FILE = "state.pt"
 STATE_FORMAT = 1
+_DIST_CHECK_EVERY = 4  # steps between the ranks' agreements on a pending interrupt
 
 
 class Provider(Protocol):
@@ -571,11 +572,18 @@ def _learn_epoch(run: _Run, requested: Callable[[], bool]) -> None:
                 _log_point(run)
             if p.done:
                 break
-            if _any_rank(requested(), run.device, run.world):
+            if _interrupt_requested(run, requested):
                 _interrupt(run)
     finally:
         bar.close()
     _end_of_epoch(run, time.perf_counter() - start)
+
+
+def _interrupt_requested(run: _Run, requested: Callable[[], bool]) -> bool:
+    """The signal flag; when distributed, agreed between ranks every few steps (each check syncs the host)."""
+    if run.world == 1:
+        return requested()
+    return run.progress.step % _DIST_CHECK_EVERY == 0 and _any_rank(requested(), run.device, run.world)
 
 
 def _learn_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> None:
