@@ -196,7 +196,7 @@ def resize_bilinear_asymmetric(x: Tensor, size: tuple[int, int]) -> Tensor:
     """
 
     def axis(n_in: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
-        src = torch.arange(n_out, dtype=torch.float64) * (n_in / n_out)
+        src = torch.arange(n_out, dtype=torch.float64, device=x.device) * (n_in / n_out)
         lo = src.floor().long().clamp(max=n_in - 1)
         hi = (lo + 1).clamp(max=n_in - 1)
         return lo, hi, (src - lo).to(x.dtype)

@@ -91,6 +91,8 @@ CASES = [
      "RightPadding=0\n", (1, 4, 4), "p", (1, 4 + 3, 4 - 1), 0, 0),
     ("resize", "[r]\nInput=sp\nType=Resize\nNbOutputs=2\nOutputWidth=7\nOutputHeight=5\nMode=Bilinear\n",
      (2, 3, 3), "r", (2, 5, 7), 0, 0),
+    ("resize-tf", "[r]\nInput=sp\nType=Resize\nNbOutputs=2\nOutputWidth=7\nOutputHeight=5\nMode=BilinearTF\n",
+     (2, 3, 3), "r", (2, 5, 7), 0, 0),
     ("reshape", "[r]\nInput=sp\nType=Reshape\nNbOutputs=1\nDims=6 4\n", (4, 2, 3), "r", (1, 4, 6), 0, 0),
     ("reshape-3d", "[r]\nInput=sp\nType=Reshape\nNbOutputs=2\nDims=3 2 2\n", (3, 2, 2), "r", (2, 2, 3), 0, 0),
     # Perm over (x, y, z, b): swapping x and y swaps width and height
@@ -270,3 +272,11 @@ def test_cell_parameters_are_recorded(build_net) -> None:
     _, gm = build_net(text, (1, 2, 2))
     params = gm.cells["c"].params
     assert params["NoBias"] is True and params["WeightsExportFormat"] == "HWCO" and params["BackPropagate"] is True
+
+
+@pytest.mark.parametrize("text, shape", [(case[1], case[2]) for case in CASES], ids=[case[0] for case in CASES])
+def test_forward_creates_no_tensor_off_the_input_device(build_net, text, shape) -> None:
+    # On the meta device any tensor made on the CPU in forward fails to combine: a stand-in for CUDA.
+    _, gm = build_net(text, shape)
+    out = gm.to("meta")(torch.empty(2, *shape, device="meta"))
+    assert out.device.type == "meta"
