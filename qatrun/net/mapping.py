@@ -102,12 +102,15 @@ def _read(section: Section, parent: str, name: str) -> tuple[object, str] | None
     return None
 
 
-def _axis_pair(section: Section, parent: str, stem: str) -> tuple[int, int]:
+def _axis_pair(section: Section, parent: str, stem: str, minimum: int) -> tuple[int, int]:
     both = _read(section, parent, stem)
     x = _read(section, parent, stem + "X")
     y = _read(section, parent, stem + "Y")
     if both is not None and (x or y):
         raise section.error((x or y)[1], f"N2D2 ignores this key because {both[1]} is given; keep one of them")
+    for found in (both, x, y):
+        if found is not None and found[0] < minimum:
+            raise section.error(found[1], f"expected a value >= {minimum}, found {found[0]}")
     default = _TEMPLATE[stem].default
     if both is not None:
         return both[0], both[0]
@@ -175,12 +178,14 @@ def input_matrix(section: Section, parent: str, channels: int, outputs: int) -> 
         return groups
     if canvas_given:
         iterations = _read(section, parent, "NbIterations")
+        if iterations is not None and iterations[0] < 0:
+            raise section.error(iterations[1], f"expected a value >= 0, found {iterations[0]}")
         return canvas(
             channels,
             outputs,
-            _axis_pair(section, parent, "Size"),
-            _axis_pair(section, parent, "Stride"),
-            _axis_pair(section, parent, "Offset"),
+            _axis_pair(section, parent, "Size", 1),
+            _axis_pair(section, parent, "Stride", 0),
+            _axis_pair(section, parent, "Offset", 0),
             iterations[0] if iterations else 0,
         )
     return 1

@@ -65,6 +65,9 @@ CASES = [
      (4, 3, 3), 8 + 4, 9 * 8),
     ("conv-two-inputs", conv("KernelDims=1 1\nNbOutputs=2", "a") + conv("KernelDims=1 1\nNbOutputs=3", "b")
      + conv("KernelDims=3 3\nNbOutputs=4", "c", "a,b"), (1, 6, 6), "c", (4, 4, 4), 4 * 5 * 9 + 4, 16 * 180),
+    # per-input mapping: a one-to-one from a (2 kernels), b fully connected by default (4 kernels)
+    ("conv-mapping-per-input", conv("KernelDims=1 1\nNbOutputs=2", "a") + conv("KernelDims=1 1\nNbOutputs=2", "b")
+     + conv("KernelDims=1 1\nNbOutputs=2\nMapping(a).Size=1", "c", "a,b"), (1, 3, 3), "c", (2, 3, 3), 6 + 2, 9 * 6),
     ("fc", "[f]\nInput=sp\nType=Fc\nNbOutputs=10\n", (3, 4, 4), "f", (10, 1, 1), 48 * 10 + 10, 480),
     ("fc-two-inputs", conv("KernelDims=1 1\nNbOutputs=2", "a") + "[f]\nInput=a,sp\nType=Fc\nNbOutputs=5\n",
      (1, 3, 3), "f", (5, 1, 1), (18 + 9) * 5 + 5, 27 * 5),
