@@ -19,7 +19,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -80,7 +80,9 @@ class Stimuli:
         label_names: name of each class (its index is the label).
         source: the folder the data came from.
         images: (N, C, H, W) uint8 when held in memory, else ``None``.
-        files: the image file of each stimulus when read on demand, else ``None``.
+        files: the image file of each stimulus, else ``None``.
+        in_memory: decode the files once when the provider opens (``LoadInMemory=1``) rather than
+            at every read.
     """
 
     labels: torch.Tensor
@@ -89,6 +91,7 @@ class Stimuli:
     source: Path
     images: torch.Tensor | None = None
     files: list[Path] | None = None
+    in_memory: bool = False
 
 
 def split(
@@ -131,7 +134,7 @@ class Database:
     random_partitioning: bool
     location: Location  # of the [database] header, for error messages
     section_name: str = "database"
-    options: tuple = field(default=())
+    settings: dict[str, Any] = field(default_factory=dict)  # the driver's own keys, by INI name
 
     @classmethod
     def from_section(cls, section: Section) -> Database:
@@ -142,8 +145,8 @@ class Database:
             if section.read(key) != key.default:
                 raise section.error(key.name, f"is not supported by qatrun (only the default {key.default!r})")
         section.read(COMPOSITE_LABEL)
-        options = tuple(section.read(key) for key in cls.keys)
-        database = cls(data_path, random_partitioning, section.location, section.name, options)
+        settings = {key.name: section.read(key) for key in cls.keys}
+        database = cls(data_path, random_partitioning, section.location, section.name, settings)
         database.validate(section)
         return database
 
@@ -236,7 +239,7 @@ class MnistIdx(Database):
     shipped: ClassVar[Path | None] = SHIPPED_MNIST
 
     def validate(self, section: Section) -> None:
-        self._check_fraction(section, "Validation", self.options[0])
+        self._check_fraction(section, "Validation", self.settings["Validation"])
 
     def candidates(self) -> list[tuple[Path, str]]:
         found = super().candidates()
@@ -267,7 +270,7 @@ class MnistIdx(Database):
     def partition(self, found: tuple[Path, list[Path]], seed: int) -> dict[str, torch.Tensor]:
         files = found[1]
         n_train, n_test = formats.idx_count(files[0]), formats.idx_count(files[2])
-        learn, validation = split(torch.arange(n_train), [1.0 - self.options[0], self.options[0]], self.generator(seed), 1)
+        learn, validation = split(torch.arange(n_train), [1.0 - self.settings["Validation"], self.settings["Validation"]], self.generator(seed), 1)
         return {"Learn": learn, "Validation": validation, "Test": torch.arange(n_train, n_train + n_test)}
 
     def load(self, seed: int) -> Stimuli:
@@ -335,8 +338,8 @@ class Cifar10(Database):
     test_glob: ClassVar[str] = "test_batch*.bin"
 
     def validate(self, section: Section) -> None:
-        self._check_fraction(section, "Validation", self.options[0])
-        if self.options[1] and self.options[0] > 0:
+        self._check_fraction(section, "Validation", self.settings["Validation"])
+        if self.settings["UseTestForValidation"] and self.settings["Validation"] > 0:
             raise section.error("Validation", "cannot be used with UseTestForValidation=1 (the test set is the validation set)")
 
     def train_names(self) -> tuple[str, ...]:
@@ -375,9 +378,9 @@ class Cifar10(Database):
         n_train = sum(formats.cifar_count(path, self.label_bytes) for path in files[:-1])
         n_test = formats.cifar_count(files[-1], self.label_bytes)
         test = torch.arange(n_train, n_train + n_test)
-        if self.options[1]:
+        if self.settings["UseTestForValidation"]:
             return {"Learn": torch.arange(n_train), "Validation": test, "Test": test}
-        validation = self.options[0]
+        validation = self.settings["Validation"]
         learn, valid = split(torch.arange(n_train), [1.0 - validation, validation], self.generator(seed), 1)
         return {"Learn": learn, "Validation": valid, "Test": test}
 
@@ -417,7 +420,7 @@ class Cifar100(Cifar10):
 
     @property
     def nb_classes(self) -> int:  # type: ignore[override]
-        return 20 if self.options[2] else 100
+        return 20 if self.settings["UseCoarse"] else 100
 
     def train_names(self) -> tuple[str, ...]:
         return ("train.bin",)
@@ -432,10 +435,10 @@ class Cifar100(Cifar10):
         )
 
     def label_index(self) -> int:
-        return 0 if self.options[2] else 1
+        return 0 if self.settings["UseCoarse"] else 1
 
     def names_file(self, folder: Path) -> Path | None:
-        return folder / ("coarse_label_names.txt" if self.options[2] else "fine_label_names.txt")
+        return folder / ("coarse_label_names.txt" if self.settings["UseCoarse"] else "fine_label_names.txt")
 
 
 def list_images(folder: Path, depth: int, extensions: Sequence[str]) -> list[Path]:
@@ -497,7 +500,7 @@ class Directory(Database):
         Key("LabelDepth", "int", 1, "sub-directory levels forming the label"),
         Key("PerLabelPartitioning", "bool", True, "apply the fractions within each label"),
         Key("EquivLabelPartitioning", "bool", True, "every label contributes as many stimuli as the rarest"),
-        Key("LoadInMemory", "bool", False, "decode every image once at start"),
+        Key("LoadInMemory", "bool", False, "decode every image once at start and cache it after the static transformations"),
         Key("ValidExtensions", "strs", IMAGE_EXTENSIONS, "image file extensions"),
     )
     unsupported: ClassVar[tuple[str, ...]] = ("IgnoreMasks", "LoadMore", "ROIFile", "ROIDir", "ROIExtension")
@@ -515,20 +518,20 @@ class Directory(Database):
     @property
     def fractions(self) -> tuple[float, float, float]:
         """Learn, Validation, Test (default ``1 - Learn - Validation``)."""
-        learn, validation, test = self.options[:3]
+        learn, validation, test = (self.settings[key] for key in ("Learn", "Validation", "Test"))
         return learn, validation, (max(0.0, 1.0 - learn - validation) if test < 0 else test)
 
     def validate(self, section: Section) -> None:
-        for key, value in zip(("Learn", "Validation", "Test"), self.options[:3]):
-            if key != "Test" or value != -1.0:
-                self._check_fraction(section, key, value)
+        for key in ("Learn", "Validation", "Test"):
+            if key != "Test" or self.settings[key] != -1.0:
+                self._check_fraction(section, key, self.settings[key])
         total = sum(self.fractions)
-        if total > 1.0 + 1e-9 or self.options[0] + self.options[1] > 1.0 + 1e-9:
+        if total > 1.0 + 1e-9 or self.settings["Learn"] + self.settings["Validation"] > 1.0 + 1e-9:
             raise section.error("Learn", f"Learn + Validation + Test = {total:g} exceeds 1")
-        if self.options[5] < 1:
+        if self.settings["LabelDepth"] < 1:
             raise section.error("LabelDepth", "must be at least 1 (qatrun trains classifiers: every image needs a label)")
-        if self.options[3] < self.options[5]:
-            raise section.error("Depth", f"must be at least LabelDepth ({self.options[5]})")
+        if self.settings["Depth"] < self.settings["LabelDepth"]:
+            raise section.error("Depth", f"must be at least LabelDepth ({self.settings['LabelDepth']})")
 
     def required(self, folder: Path) -> list[Path] | None:
         return [folder] if folder.is_dir() else None
@@ -542,8 +545,8 @@ class Directory(Database):
     def catalog(self) -> tuple[Path, list[Path], torch.Tensor, list[str]]:
         """Lists the files and derives their labels (no decoding)."""
         folder, _ = self.locate()
-        depth, prefix, label_depth = self.options[3], self.options[4], self.options[5]
-        files = list_images(folder, depth, self.options[9])
+        depth, prefix, label_depth = (self.settings[key] for key in ("Depth", "LabelName", "LabelDepth"))
+        files = list_images(folder, depth, self.settings["ValidExtensions"])
         names = []
         for path in files:
             parts = path.relative_to(folder).parts[:-1]
@@ -551,7 +554,7 @@ class Directory(Database):
         files = [p for p, name in zip(files, names) if name]
         names = [name for name in names if name]
         if not files:
-            raise self.error(f"no image in a label sub-folder of {folder} (extensions {' '.join(self.options[9])})")
+            raise self.error(f"no image in a label sub-folder of {folder} (extensions {' '.join(self.settings['ValidExtensions'])})")
         label_names = sorted(set(names))
         labels = torch.tensor([label_names.index(name) for name in names], dtype=torch.int64)
         return folder, files, labels, label_names
@@ -563,32 +566,16 @@ class Directory(Database):
     def _partition(self, labels: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
         fractions = self.fractions
         complete = abs(sum(fractions) - 1.0) < 1e-9
-        if self.options[6]:
-            parts = split_per_label(labels, fractions, self.generator(seed), self.options[7], complete)
+        if self.settings["PerLabelPartitioning"]:
+            parts = split_per_label(labels, fractions, self.generator(seed), self.settings["EquivLabelPartitioning"], complete)
         else:
             parts = split(torch.arange(len(labels)), fractions, self.generator(seed), 2 if complete else None)
         return dict(zip(PARTITIONS, parts))
 
     def load(self, seed: int) -> Stimuli:
         folder, files, labels, label_names = self.catalog()
-        stimuli = Stimuli(labels, self._partition(labels, seed), label_names, folder, files=files)
-        if self.options[8]:
-            stimuli.images = stack_images([formats.read_image(path) for path in files], files)
-            stimuli.files = None
-        return stimuli
-
-
-def stack_images(images: list[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
-    """Stacks decoded images, which must share one shape (else :class:`DataError` naming two files)."""
-    shapes = {tuple(image.shape) for image in images}
-    if len(shapes) > 1:
-        first = tuple(images[0].shape)
-        other = next(k for k, image in enumerate(images) if tuple(image.shape) != first)
-        raise DataError(
-            f"images differ in size ({files[0]}: {first}, {files[other]}: {tuple(images[other].shape)}); "
-            "LoadInMemory=1 needs one size"
-        )
-    return torch.stack(images)
+        partitions = self._partition(labels, seed)
+        return Stimuli(labels, partitions, label_names, folder, files=files, in_memory=self.settings["LoadInMemory"])
 
 
 @dataclass(frozen=True)
@@ -608,10 +595,10 @@ class Ilsvrc2012(Database):
     )
 
     def validate(self, section: Section) -> None:
-        self._check_fraction(section, "Learn", self.options[0])
+        self._check_fraction(section, "Learn", self.settings["Learn"])
 
     def required(self, folder: Path) -> list[Path] | None:
-        labels = Path(self.options[3]) if self.options[3] else folder / "synsets.txt"
+        labels = Path(self.settings["LabelPath"]) if self.settings["LabelPath"] else folder / "synsets.txt"
         needed = [folder / "train", folder / "val", folder / "val.txt", labels]
         return needed if all(path.exists() for path in needed) else None
 
@@ -626,7 +613,7 @@ class Ilsvrc2012(Database):
         folder, (train_dir, val_dir, val_list, synsets_file) = self.locate()
         synsets = [line.split()[0] for line in synsets_file.read_text().splitlines() if line.strip()]
         names = [line.strip() for line in synsets_file.read_text().splitlines() if line.strip()]
-        offset = 1 if self.options[2] else 0
+        offset = 1 if self.settings["BackgroundClass"] else 0
         index = {synset: k + offset for k, synset in enumerate(synsets)}
         files, labels = [], []
         for synset in synsets:
@@ -647,9 +634,9 @@ class Ilsvrc2012(Database):
         return self._partition(n_train, len(files), seed)
 
     def _partition(self, n_train: int, n_total: int, seed: int) -> dict[str, torch.Tensor]:
-        learn, rest = split(torch.arange(n_train), [self.options[0], 1.0 - self.options[0]], self.generator(seed), 1)
+        learn, rest = split(torch.arange(n_train), [self.settings["Learn"], 1.0 - self.settings["Learn"]], self.generator(seed), 1)
         validation = torch.arange(n_train, n_total)
-        return {"Learn": learn, "Validation": validation, "Test": validation if self.options[1] else rest}
+        return {"Learn": learn, "Validation": validation, "Test": validation if self.settings["UseValidationForTest"] else rest}
 
     def load(self, seed: int) -> Stimuli:
         folder, files, labels, label_names, n_train = self.catalog()

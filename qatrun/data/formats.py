@@ -6,12 +6,18 @@ kept in **BGR** channel order, the order OpenCV (hence N2D2) gives them: N2D2's 
 turns them into RGB for torchvision-style models.
 
 Malformed files raise :class:`~qatrun.errors.DataError` naming the file and what was wrong.
+
+IDX and CIFAR files are decoded once per process: the decoded tensors are kept in memory, keyed by the
+file's path, size and modification time (a second provider, or a test after a training run, reads no
+file again). Callers must not modify the returned tensors in place.
 """
 
 from __future__ import annotations
 
 import gzip
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,6 +27,21 @@ from qatrun.errors import DataError, Location
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
 CIFAR_IMAGE_BYTES = 3 * 32 * 32
+
+
+_DECODED: dict[tuple[Any, ...], Any] = {}
+
+
+def _cached(reader: Callable[..., Any], path: Path, *args: Any) -> Any:
+    """``reader(path, *args)``, computed once per (file version, arguments) in this process."""
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc}", Location(str(path))) from None
+    key = (reader.__name__, str(path.resolve()), stat.st_size, stat.st_mtime_ns, *args)
+    if key not in _DECODED:
+        _DECODED[key] = reader(path, *args)
+    return _DECODED[key]
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -55,14 +76,18 @@ def _idx_header(data: bytes, path: Path, magic: int) -> list[int]:
 
 
 def read_idx_images(path: Path) -> torch.Tensor:
-    """Reads an IDX3 image file (raw or ``.gz``).
+    """Reads an IDX3 image file (raw or ``.gz``), once per process.
 
     Args:
         path: the file.
 
     Returns:
-        (N, 1, H, W) uint8.
+        (N, 1, H, W) uint8 (shared: do not modify in place).
     """
+    return _cached(_decode_idx_images, path)
+
+
+def _decode_idx_images(path: Path) -> torch.Tensor:
     data = _read_bytes(path)
     count, height, width = _idx_header(data, path, IDX_IMAGES_MAGIC)
     pixels = np.frombuffer(data, np.uint8, offset=16).reshape(count, 1, height, width)
@@ -70,14 +95,18 @@ def read_idx_images(path: Path) -> torch.Tensor:
 
 
 def read_idx_labels(path: Path) -> torch.Tensor:
-    """Reads an IDX1 label file (raw or ``.gz``).
+    """Reads an IDX1 label file (raw or ``.gz``), once per process.
 
     Args:
         path: the file.
 
     Returns:
-        (N,) int64.
+        (N,) int64 (shared: do not modify in place).
     """
+    return _cached(_decode_idx_labels, path)
+
+
+def _decode_idx_labels(path: Path) -> torch.Tensor:
     data = _read_bytes(path)
     _idx_header(data, path, IDX_LABELS_MAGIC)
     return torch.from_numpy(np.frombuffer(data, np.uint8, offset=8).astype(np.int64))
@@ -111,8 +140,12 @@ def read_cifar(path: Path, label_bytes: int, label_index: int) -> tuple[torch.Te
         label_index: which label byte to keep.
 
     Returns:
-        ``(images (N, 3, 32, 32) uint8 BGR, labels (N,) int64)``.
+        ``(images (N, 3, 32, 32) uint8 BGR, labels (N,) int64)`` (shared: do not modify in place).
     """
+    return _cached(_decode_cifar, path, label_bytes, label_index)
+
+
+def _decode_cifar(path: Path, label_bytes: int, label_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     data = _read_bytes(path)
     record = label_bytes + CIFAR_IMAGE_BYTES
     if len(data) % record:

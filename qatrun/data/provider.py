@@ -18,7 +18,10 @@ then N2D2's implicit scaling of 8-bit data to [0, 1] and the optional input quan
   per batch, on the batch tensor.
 
 Images read from files on demand (``ILSVRC2012_Database``, ``DIR_Database`` without ``LoadInMemory``)
-go through the static list per image in ``DataLoader`` workers, then per batch through the rest.
+go through the static list per image in ``DataLoader`` workers, then per batch through the rest. With
+``LoadInMemory=1`` each file is decoded once, taken through the deterministic static prefix on its own
+(images may differ in size until a ``Rescale``), and the results are stacked: from there on it is the
+in-memory path.
 
 ``StimuliData`` statistics are computed over the Learn partition as the data stand at that point of the
 file (8-bit data as 0..255) and published as ``_GlobalValue.minVal``, ``.maxVal``, ``.mean`` and
@@ -384,8 +387,8 @@ def _apply(chain: Sequence[Transformation], x: torch.Tensor, generator: torch.Ge
 
 def _apply_chunked(chain: Sequence[Transformation], x: torch.Tensor) -> torch.Tensor:
     """A deterministic chain over a whole partition, in chunks (bounded temporaries)."""
-    if not chain:
-        return x
+    if not chain or len(x) == 0:
+        return x  # an empty partition is never read
     return torch.cat([_apply(chain, chunk, None) for chunk in x.split(_STATS_CHUNK)])
 
 
@@ -424,7 +427,9 @@ class Provider:
         self.source = stimuli.source
         self._names = stimuli.label_names
         self._nb_classes = max(len(stimuli.label_names), int(stimuli.labels.max()) + 1 if len(stimuli.labels) else 0)
+        self._decoded: dict[Path, torch.Tensor] | None = {} if stimuli.in_memory else None
         self._prepared = self._prepare(stimuli)
+        self._decoded = None
 
     @property
     def nb_classes(self) -> int:
@@ -482,6 +487,8 @@ class Provider:
         """Applies the static steps gathered so far (cache what can be cached)."""
         for name, part in prepared.items():
             steps, pending[name] = pending[name], []
+            if part.files is not None and self._decoded is not None:
+                steps = self._load_in_memory(part, steps)
             if part.data is not None:
                 if any(t.random for t in part.per_batch):  # after a random step everything is per batch
                     part.per_batch += steps
@@ -489,6 +496,25 @@ class Provider:
                     part.data, part.per_batch = schedule(part.data, part.per_batch + steps)
             else:
                 part.per_image += steps
+
+    def _load_in_memory(self, part: Prepared, steps: list[Transformation]) -> list[Transformation]:
+        """Decodes a partition's files (once per file), applies the deterministic prefix per image, stacks.
+
+        Returns:
+            The steps not applied yet.
+        """
+        assert part.files is not None and self._decoded is not None
+        prefix = 0
+        while prefix < len(steps) and not steps[prefix].random:
+            prefix += 1
+        images = []
+        for path in part.files:
+            if path not in self._decoded:
+                self._decoded[path] = formats.read_image(path)
+            images.append(_apply(steps[:prefix], self._decoded[path][None], None)[0])
+        part.data = _stack(images, part.files)
+        part.files = None
+        return steps[prefix:]
 
     def _statistics(self, section: Section, learn: Prepared, pending: list[Transformation]) -> None:
         """Computes the Learn statistics at this point of the chain and injects them."""
@@ -632,6 +658,18 @@ class _FileDataset(torch.utils.data.Dataset):
             worker = info.id if info is not None else 0
             self.generator = torch.Generator().manual_seed(mix_seed(*self.seed_parts, worker))
         return _apply(self.chain, formats.read_image(self.files[k])[None], self.generator)[0]
+
+
+def _stack(images: list[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
+    """Stacks images that must share one shape after the static transformations (else a DataError)."""
+    first = (tuple(images[0].shape), images[0].dtype) if images else None
+    for path, image in zip(files, images):
+        if (tuple(image.shape), image.dtype) != first:
+            raise DataError(
+                f"images differ after the static transformations ({files[0]}: {'x'.join(map(str, first[0]))}, "
+                f"{path}: {'x'.join(map(str, image.shape))}); add a RescaleTransformation or PadCropTransformation"
+            )
+    return torch.stack(images) if images else torch.zeros(0, dtype=torch.uint8)
 
 
 def _collate(images: list[torch.Tensor]) -> torch.Tensor:

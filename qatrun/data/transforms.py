@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 import torch
@@ -187,7 +187,8 @@ class Transformation:
 
     @classmethod
     def from_section(cls, section: Section) -> Transformation:
-        """Reads the transformation's keys (every key of ``cls.keys``, in order)."""
+        """Reads the transformation's keys (every key of ``cls.keys``, in the order of the fields)."""
+        assert len(cls.keys) == len(fields(cls)), cls
         values = [section.read(key) for key in cls.keys]
         return cls(*values)._validated(section)
 

@@ -125,15 +125,42 @@ def test_dir_database_per_label_fractions_equal_labels(tmp_path: Path) -> None:
     assert not set(parts["Learn"].tolist()) & set(parts["Test"].tolist())
 
 
-def test_dir_database_in_memory(tmp_path: Path) -> None:
-    root = tmp_path / "d"
-    for label in ("a", "b"):
-        (root / label).mkdir(parents=True)
-        for k in range(2):
-            Image.fromarray(np.full((4, 3), 10 * k + ord(label), dtype=np.uint8)).save(root / label / f"{k}.png")
-    stimuli = database(f"[database]\nType=DIR_Database\nDataPath={root}\nLearn=0.5\nLoadInMemory=1\n").load(0)
-    assert stimuli.files is None and stimuli.images.shape == (4, 1, 4, 3)
-    assert stimuli.images[:, 0, 0, 0].tolist() == [97, 107, 98, 108]
+def test_dir_database_in_memory_flag(tmp_path: Path) -> None:
+    _write_tree(tmp_path)
+    stimuli = database(f"[database]\nType=DIR_Database\nDataPath={tmp_path}\nLearn=0.5\nLoadInMemory=1\n").load(0)
+    assert stimuli.in_memory and stimuli.images is None and len(stimuli.files) == 7
+
+
+def test_fashion_mnist_reads_the_idx_layout(tmp_path: Path) -> None:
+    train, _, _, test_labels = mnist_folder(tmp_path, 6, 3, gz=False)
+    stimuli = database(f"[database]\nType=Fashion_MNIST_IDX_Database\nDataPath={tmp_path}\n").load(0)
+    assert np.array_equal(stimuli.images[:6, 0].numpy(), train) and stimuli.labels[6:].tolist() == test_labels.tolist()
+    assert stimuli.label_names[0] == "T-shirt/top" and stimuli.label_names[9] == "Ankle boot"
+
+
+def test_ilsvrc2012_layout(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    synsets = ["n01440764", "n01443537", "n01484850"]
+    (tmp_path / "synsets.txt").write_text("".join(f"{s} class {k}\n" for k, s in enumerate(synsets)))
+    for k, synset in enumerate(synsets):
+        (tmp_path / "train" / synset).mkdir(parents=True)
+        for j in range(4):
+            Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(tmp_path / "train" / synset / f"{synset}_{j}.JPEG", format="PNG")
+    (tmp_path / "val").mkdir()
+    for j in range(3):
+        Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(tmp_path / "val" / f"v{j}.JPEG", format="PNG")
+    (tmp_path / "val.txt").write_text("v0.JPEG 2\nv1.JPEG 0\nv2.JPEG 1\n")
+    db = database(f"[database]\nType=ILSVRC2012_Database\nDataPath={tmp_path}\nLearn=0.75\nBackgroundClass=1\n")
+    stimuli = db.load(seed=0)
+    assert stimuli.label_names == ["background", "n01440764 class 0", "n01443537 class 1", "n01484850 class 2"]
+    assert stimuli.labels.tolist() == [1] * 4 + [2] * 4 + [3] * 4 + [3, 1, 2]
+    assert len(stimuli.partitions["Learn"]) == 9
+    assert stimuli.partitions["Validation"].tolist() == stimuli.partitions["Test"].tolist() == [12, 13, 14]
+    assert formats.read_image(stimuli.files[13]).shape == (3, 5, 6)
+    rest = database(f"[database]\nType=ILSVRC2012_Database\nDataPath={tmp_path}\nLearn=0.75\nUseValidationForTest=0\n")
+    parts = rest.load(seed=0).partitions
+    assert len(parts["Test"]) == 3 and not set(parts["Test"].tolist()) & set(parts["Learn"].tolist())
+    assert max(parts["Test"].tolist()) < 12
 
 
 # ---------------------------------------------------------------------------------------------------

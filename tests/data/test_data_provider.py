@@ -250,6 +250,43 @@ def test_dir_database_files_through_workers(tmp_path: Path) -> None:
     assert torch.equal(x, scaled(expected)) and y.tolist() == [0, 1]
 
 
+def test_load_in_memory_caches_after_the_static_prefix(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    for label, sizes in (("a", [(10, 12), (8, 8)]), ("b", [(7, 9), (9, 7)])):
+        (tmp_path / label).mkdir()
+        for k, size in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 256, size, dtype=np.uint8)).save(tmp_path / label / f"{k}.pgm")
+    text = f"""
+        [database]
+        Type=DIR_Database
+        DataPath={tmp_path}
+        Learn=1.0
+        LoadInMemory=1
+        [sp]
+        SizeX=4
+        SizeY=4
+        [sp.Transformation-1]
+        Type=RescaleTransformation
+        Width=4
+        Height=4
+        [sp.OnTheFlyTransformation-2]
+        Type=FlipTransformation
+        RandomHorizontalFlip=1
+        """
+    provider = DataSpec.from_doc(doc(text)).open(0)
+    learn = provider._prepared["Learn"]
+    assert learn.files is None and learn.data.shape == (4, 1, 4, 4) and learn.data.dtype == torch.uint8
+    files = sorted(tmp_path.glob("*/*.pgm"))
+    expected = torch.cat([resize_bilinear(torch.from_numpy(np.asarray(Image.open(f)).copy())[None, None], 4, 4) for f in files])
+    assert torch.equal(learn.data, expected)
+    x, _ = collect(provider, "Learn", shuffle=False)
+    for k in range(4):
+        assert torch.equal(x[k], scaled(expected[k])) or torch.equal(x[k], scaled(expected[k].flip(-1)))
+    no_rescale = text.replace("Type=RescaleTransformation", "Type=FlipTransformation").replace("Width=4\n        Height=4\n        [sp.On", "[sp.On")
+    with pytest.raises(DataError, match="images differ after the static transformations"):
+        DataSpec.from_doc(doc(no_rescale)).open(0)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Errors
 
@@ -294,6 +331,12 @@ def test_spec_reads_every_key_without_data(tmp_path: Path) -> None:
         SizeY=24
         NbChannels=3
         BatchSize=128
+        CachePath=/tmp/cache
+        ConfigSection=sp.config
+        [sp.config]
+        DataSignedMapping=0
+        QuantizationLevels=256
+        QuantizationMax=1.0
         [sp.Transformation-1]
         Type=PadCropTransformation
         Width=24
@@ -305,7 +348,15 @@ def test_spec_reads_every_key_without_data(tmp_path: Path) -> None:
         """
     )
     spec = DataSpec.from_doc(d)  # no file is touched: the data set does not exist
-    assert spec.input_shape == (3, 24, 24) and spec.batch_size == 128
+    assert spec.input_shape == (3, 24, 24) and spec.batch_size == 128 and spec.quantization == (256, 0.0, 1.0)
     assert all(section.unconsumed() == [] for section in d.sections())
     with pytest.raises(DataError, match="data set not found"):
         spec.epoch_size()
+
+
+def test_env_section_size_key_and_spiking_keys(mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = spec_for(mnist_dir, "[sp]\nSizeX=5\nSizeY=5\n[env]\nSize=28 28 1\nBatchSize=4\nStimulusType=JitteredPeriodic\n")
+    assert spec.section.name == "env" and spec.input_shape == (1, 28, 28)
+    assert "t.ini:11: warning: [env] StimulusType only drives N2D2's spiking simulator; qatrun ignores it" in capsys.readouterr().err
+    spec.open(0)
+    assert spec.document.section("env").raw("_EpochSize") == "50"

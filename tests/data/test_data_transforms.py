@@ -308,9 +308,9 @@ def test_color_space_swaps_and_gray_expansion() -> None:
 
 
 def test_hsv_float_range() -> None:
-    x = torch.tensor([0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]).view(3, 3, 1, 1).transpose(0, 1).contiguous()
-    # x[k] = red, green, blue as BGR
-    assert T.bgr_to_hsv(x.transpose(0, 1).contiguous().view(3, 3, 1, 1))[:, 0].flatten().tolist() == [0.0, 120.0, 240.0]
+    pixels = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.5, 0.5]])  # BGR: red, green, blue, gray
+    hsv = T.bgr_to_hsv(pixels.view(4, 3, 1, 1))[:, :, 0, 0]
+    assert hsv.tolist() == [[0.0, 1.0, 1.0], [120.0, 1.0, 1.0], [240.0, 1.0, 1.0], [0.0, 0.0, 0.5]]
 
 
 # ---------------------------------------------------------------------------------------------------
