@@ -22,10 +22,10 @@ an interrupted and resumed run is bit-for-bit the uninterrupted one on CPU. This
 function of (seed, epoch) only, not of torch's global random state.
 
 Distributed (``torch.distributed`` initialised, e.g. by torchrun): the model is broadcast from rank 0, each
-rank reads its shard (``provider.loader(..., rank, world)``), gradients are summed over ranks (the loss is
-normalised by the global nominal batch) and BatchNorm running statistics averaged after each step (one message),
-confusion matrices are summed, and only rank 0 prints and writes files (an interrupted state keeps the random
-state of every rank).
+rank reads its shard in batches of B / world (``provider.loader(..., B // world, rank, world)``), gradients are
+summed over ranks (the loss is normalised by the global nominal batch B) and BatchNorm running statistics
+averaged after each step (one message), confusion matrices are summed, and only rank 0 prints and writes files
+(an interrupted state keeps the random state of every rank).
 """
 
 from __future__ import annotations
@@ -518,6 +518,8 @@ def learn(
         Interrupted: a signal arrived; the state is in ``<out_dir>/net_state``.
     """
     rank, world = dist_info()
+    if cfg.batch_size % world:
+        raise RunError(f"the batch size {cfg.batch_size} is not a multiple of the {world} processes")
     run = _Run(
         model=model, provider=provider, optimizer=optimizer, cfg=cfg, weights=weights or ModuleIO(model),
         progress=Progress(), device=_device(model), rank=rank, world=world,
@@ -539,12 +541,17 @@ def learn(
     best = _reload_best(run)
     tested = None
     if cfg.test_after and provider.size("Test") > 0:
-        tested = test(model, provider.loader("Test", False, rank=rank, world=world))
+        tested = test(model, provider.loader("Test", False, cfg.batch_size // world, rank=rank, world=world))
         if run.writes:
             write_confusion(run.target_dir / "ConfusionMatrix_test.dat", tested.matrix)
         for line in tested.test_lines():
             run.say(line)
     return LearnResult(progress=run.progress, best_folder=best, stopped_early=run.stopped_early, test=tested)
+
+
+def _local_batch(run: _Run) -> int:
+    """Each rank reads 1/world of the nominal (global) batch."""
+    return run.cfg.batch_size // run.world
 
 
 def _start(run: _Run, fresh: bool) -> None:
@@ -559,7 +566,8 @@ def _start(run: _Run, fresh: bool) -> None:
 def _learn_epoch(run: _Run, requested: Callable[[], bool]) -> None:
     """One pass over the Learn partition (or the rest of it after a resume)."""
     p, cfg = run.progress, run.cfg
-    batches = iter(run.provider.loader("Learn", True, rank=run.rank, world=run.world, epoch=p.epoch))
+    loader = run.provider.loader("Learn", True, _local_batch(run), rank=run.rank, world=run.world, epoch=p.epoch)
+    batches = iter(loader)
     for _ in range(p.batch):  # a resumed epoch: skip the batches already learnt
         next(batches)
     bar = _progress_bar(run)
@@ -692,7 +700,8 @@ def _log_point(run: _Run) -> None:
         run.say("    'weights' saved!")
         _barrier(run.world)
         return
-    metrics = evaluate(run.model, run.provider.loader("Validation", False, rank=run.rank, world=run.world))
+    loader = run.provider.loader("Validation", False, _local_batch(run), rank=run.rank, world=run.world)
+    metrics = evaluate(run.model, loader)
     score = metrics.score(cfg.valid_metric)
     run.say("Validation" + "." * 20)
     if p.best is None or score > p.best:

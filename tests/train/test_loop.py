@@ -55,11 +55,12 @@ class TinyProvider:
         order = torch.arange(lo, hi)
         if shuffle:
             order = order[torch.randperm(hi - lo, generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))]
-        size = (batch_size or BATCH) // world
-        for k, start in enumerate(range(0, len(order), size * world)):
+        shard = order[rank::world]  # as qatrun.data: rank r reads positions r, r + world, ... in batches
+        size = batch_size or BATCH
+        for k, start in enumerate(range(0, len(shard), size)):
             if partition == "Learn" and self.interrupt_at == (epoch, k):
                 os.kill(os.getpid(), signal.SIGTERM)
-            idx = order[start : start + size * world][rank::world]
+            idx = shard[start : start + size]
             yield self.x[idx], self.y[idx]
 
 
