@@ -270,7 +270,12 @@ class MnistIdx(Database):
     def partition(self, found: tuple[Path, list[Path]], seed: int) -> dict[str, torch.Tensor]:
         files = found[1]
         n_train, n_test = formats.idx_count(files[0]), formats.idx_count(files[2])
-        learn, validation = split(torch.arange(n_train), [1.0 - self.settings["Validation"], self.settings["Validation"]], self.generator(seed), 1)
+        learn, validation = split(
+            torch.arange(n_train),
+            [1.0 - self.settings["Validation"], self.settings["Validation"]],
+            self.generator(seed),
+            1,
+        )
         return {"Learn": learn, "Validation": validation, "Test": torch.arange(n_train, n_train + n_test)}
 
     def load(self, seed: int) -> Stimuli:
@@ -340,7 +345,9 @@ class Cifar10(Database):
     def validate(self, section: Section) -> None:
         self._check_fraction(section, "Validation", self.settings["Validation"])
         if self.settings["UseTestForValidation"] and self.settings["Validation"] > 0:
-            raise section.error("Validation", "cannot be used with UseTestForValidation=1 (the test set is the validation set)")
+            raise section.error(
+                "Validation", "cannot be used with UseTestForValidation=1 (the test set is the validation set)"
+            )
 
     def train_names(self) -> tuple[str, ...]:
         return tuple(f"data_batch_{k}.bin" for k in range(1, 6))
@@ -359,11 +366,14 @@ class Cifar10(Database):
         return train + test if train and test else None
 
     def wanted(self) -> str:
-        return f"{', '.join(self.train_names())}, {', '.join(self.test_names())} (or {self.train_glob}, {self.test_glob})"
+        return (
+            f"{', '.join(self.train_names())}, {', '.join(self.test_names())} (or {self.train_glob}, {self.test_glob})"
+        )
 
     def how_to_get(self) -> str:
         return (
-            "Extract the CIFAR-10 binary version (cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html) "
+            "Extract the CIFAR-10 binary version (cifar-10-binary.tar.gz from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html) "
             "into one of these folders, or set DataPath in [database]."
         )
 
@@ -430,7 +440,8 @@ class Cifar100(Cifar10):
 
     def how_to_get(self) -> str:
         return (
-            "Extract the CIFAR-100 binary version (cifar-100-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html) "
+            "Extract the CIFAR-100 binary version (cifar-100-binary.tar.gz from "
+            "https://www.cs.toronto.edu/~kriz/cifar.html) "
             "into one of these folders, or set DataPath in [database]."
         )
 
@@ -475,7 +486,13 @@ def split_per_label(
     parts: list[list[torch.Tensor]] = [[] for _ in fractions]
     for pool in pools:
         if equal and len(pool) > smallest:
-            pool = pool[(torch.randperm(len(pool), generator=generator) if generator is not None else torch.arange(len(pool)))[:smallest].sort().values]
+            pool = pool[
+                (torch.randperm(len(pool), generator=generator) if generator is not None else torch.arange(len(pool)))[
+                    :smallest
+                ]
+                .sort()
+                .values
+            ]
         for k, part in enumerate(split(pool, fractions, generator, len(fractions) - 1 if complete else None)):
             parts[k].append(part)
     return [torch.cat(p).sort().values if p else torch.zeros(0, dtype=torch.int64) for p in parts]
@@ -500,7 +517,12 @@ class Directory(Database):
         Key("LabelDepth", "int", 1, "sub-directory levels forming the label"),
         Key("PerLabelPartitioning", "bool", True, "apply the fractions within each label"),
         Key("EquivLabelPartitioning", "bool", True, "every label contributes as many stimuli as the rarest"),
-        Key("LoadInMemory", "bool", False, "decode every image once at start and cache it after the static transformations"),
+        Key(
+            "LoadInMemory",
+            "bool",
+            False,
+            "decode every image once at start and cache it after the static transformations",
+        ),
         Key("ValidExtensions", "strs", IMAGE_EXTENSIONS, "image file extensions"),
     )
     unsupported: ClassVar[tuple[str, ...]] = ("IgnoreMasks", "LoadMore", "ROIFile", "ROIDir", "ROIExtension")
@@ -529,7 +551,9 @@ class Directory(Database):
         if total > 1.0 + 1e-9 or self.settings["Learn"] + self.settings["Validation"] > 1.0 + 1e-9:
             raise section.error("Learn", f"Learn + Validation + Test = {total:g} exceeds 1")
         if self.settings["LabelDepth"] < 1:
-            raise section.error("LabelDepth", "must be at least 1 (qatrun trains classifiers: every image needs a label)")
+            raise section.error(
+                "LabelDepth", "must be at least 1 (qatrun trains classifiers: every image needs a label)"
+            )
         if self.settings["Depth"] < self.settings["LabelDepth"]:
             raise section.error("Depth", f"must be at least LabelDepth ({self.settings['LabelDepth']})")
 
@@ -554,7 +578,9 @@ class Directory(Database):
         files = [p for p, name in zip(files, names) if name]
         names = [name for name in names if name]
         if not files:
-            raise self.error(f"no image in a label sub-folder of {folder} (extensions {' '.join(self.settings['ValidExtensions'])})")
+            raise self.error(
+                f"no image in a label sub-folder of {folder} (extensions {' '.join(self.settings['ValidExtensions'])})"
+            )
         label_names = sorted(set(names))
         labels = torch.tensor([label_names.index(name) for name in names], dtype=torch.int64)
         return folder, files, labels, label_names
@@ -567,7 +593,9 @@ class Directory(Database):
         fractions = self.fractions
         complete = abs(sum(fractions) - 1.0) < 1e-9
         if self.settings["PerLabelPartitioning"]:
-            parts = split_per_label(labels, fractions, self.generator(seed), self.settings["EquivLabelPartitioning"], complete)
+            parts = split_per_label(
+                labels, fractions, self.generator(seed), self.settings["EquivLabelPartitioning"], complete
+            )
         else:
             parts = split(torch.arange(len(labels)), fractions, self.generator(seed), 2 if complete else None)
         return dict(zip(PARTITIONS, parts))
@@ -634,9 +662,15 @@ class Ilsvrc2012(Database):
         return self._partition(n_train, len(files), seed)
 
     def _partition(self, n_train: int, n_total: int, seed: int) -> dict[str, torch.Tensor]:
-        learn, rest = split(torch.arange(n_train), [self.settings["Learn"], 1.0 - self.settings["Learn"]], self.generator(seed), 1)
+        learn, rest = split(
+            torch.arange(n_train), [self.settings["Learn"], 1.0 - self.settings["Learn"]], self.generator(seed), 1
+        )
         validation = torch.arange(n_train, n_total)
-        return {"Learn": learn, "Validation": validation, "Test": validation if self.settings["UseValidationForTest"] else rest}
+        return {
+            "Learn": learn,
+            "Validation": validation,
+            "Test": validation if self.settings["UseValidationForTest"] else rest,
+        }
 
     def load(self, seed: int) -> Stimuli:
         folder, files, labels, label_names, n_train = self.catalog()

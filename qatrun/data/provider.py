@@ -340,8 +340,11 @@ def _read_stages(doc: Document, sp: Section) -> list[Stage]:
         if kind == "unsupported":
             raise section.error(None, "this kind of stimuli-provider sub-section is not supported by qatrun")
         if kind == "unknown":
-            raise section.error(None, "Unknown StimuliProvider type (expected <sp>.Transformation*, "
-                                "<sp>.OnTheFlyTransformation* or <sp>.StimuliData*)")
+            raise section.error(
+                None,
+                "Unknown StimuliProvider type (expected <sp>.Transformation*, "
+                "<sp>.OnTheFlyTransformation* or <sp>.StimuliData*)",
+            )
         if kind == "statistics":
             if section.keys():
                 raise section.error(section.keys()[0], "StimuliData sections take no key in qatrun")
@@ -537,7 +540,9 @@ class Provider:
     def _check_shape(self, name: str, part: Prepared) -> None:
         if len(part) == 0:
             return
-        x, _ = next(iter(self._iterate(part, part.per_batch, 1, torch.Generator().manual_seed(0), per_image=part.per_image)))
+        x, _ = next(
+            iter(self._iterate(part, part.per_batch, 1, torch.Generator().manual_seed(0), per_image=part.per_image))
+        )
         if tuple(x.shape[1:]) != self.spec.input_shape:
             raise self.spec.shape_error(name, tuple(x.shape[1:]))
 
@@ -611,7 +616,9 @@ def mix_seed(*parts: int) -> int:
 class Loader:
     """One epoch of batches of a partition (see :meth:`Provider.loader`)."""
 
-    def __init__(self, provider: Provider, part: Prepared, shuffle: bool, batch_size: int, rank: int, world: int, epoch: int) -> None:
+    def __init__(
+        self, provider: Provider, part: Prepared, shuffle: bool, batch_size: int, rank: int, world: int, epoch: int
+    ) -> None:
         self.provider = provider
         self.part = part
         self.shuffle = shuffle
@@ -636,7 +643,14 @@ class Loader:
         generator = torch.Generator().manual_seed(mix_seed(*seed_parts))
         workers = 0 if self.part.files is None else min(4, os.cpu_count() or 1)
         batches = self.provider._iterate(
-            self.part, self.part.per_batch, self.batch_size, generator, self.order(), self.part.per_image, workers, seed_parts
+            self.part,
+            self.part.per_batch,
+            self.batch_size,
+            generator,
+            self.order(),
+            self.part.per_image,
+            workers,
+            seed_parts,
         )
         for x, y in batches:
             yield x.float().contiguous(), y
@@ -676,7 +690,8 @@ def _collate(images: list[torch.Tensor]) -> torch.Tensor:
     shapes = {(tuple(x.shape), x.dtype) for x in images}
     if len(shapes) > 1:
         raise DataError(
-            f"images of one batch differ after the static transformations ({', '.join(sorted(str(s) for s in shapes))}); "
+            "images of one batch differ after the static transformations "
+            f"({', '.join(sorted(str(s) for s in shapes))}); "
             "add a RescaleTransformation or PadCropTransformation"
         )
     return torch.stack(images)

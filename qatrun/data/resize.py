@@ -29,7 +29,7 @@ qatrun reproduces OpenCV's fixed-point algorithm (``imgproc/src/resize.cpp``, ``
 Checked against ``opencv-python-headless`` 4.6.0 (the OpenCV version N2D2 was built with for the golden
 data) on 2 000 MNIST images at nine output sizes and on 300 random (size, channels) cases, up- and
 down-scaling, 1 and 3 channels: every pixel equal. The golden ``env.dat`` of both test images is
-reproduced on all 1 024 pixels (see ``tests/data/test_golden.py``).
+reproduced on all 1 024 pixels (see ``tests/data/test_data_real.py``).
 
 Float images take OpenCV's float path: the same coordinates, weights ``1 - f`` and ``f`` in float, no
 rounding to integers (equal to ``interpolate(mode="bilinear", align_corners=False)`` up to float

@@ -332,7 +332,10 @@ class SliceExtraction(Transformation):
     border_value: tuple[float, ...] = (0.0, 0.0, 0.0)
 
     def _validated(self, section: Section) -> Transformation:
-        for key, value in (("RandomRotationRange", self.random_rotation_range), ("RandomScalingRange", self.random_scaling_range)):
+        for key, value in (
+            ("RandomRotationRange", self.random_rotation_range),
+            ("RandomScalingRange", self.random_scaling_range),
+        ):
             if len(value) != 2 or value[0] > value[1]:
                 raise section.error(key, f"expected two numbers min max, found {' '.join(map(str, value))}")
         return self
@@ -352,7 +355,9 @@ class SliceExtraction(Transformation):
             x = pad_crop(x, 0, extra_y, 0, extra_x, self.border_type, self.border_value)
             h, w = x.shape[-2:]
         if self.width > w or self.height > h:
-            raise DataError(f"{self.name}: slice {self.width}x{self.height} is larger than the {w}x{h} image (set AllowPadding=1)")
+            raise DataError(
+                f"{self.name}: slice {self.width}x{self.height} is larger than the {w}x{h} image (set AllowPadding=1)"
+            )
         ox = self._offsets(n, w, self.width, self.offset_x, self.random_offset_x, generator)
         oy = self._offsets(n, h, self.height, self.offset_y, self.random_offset_y, generator)
         if self.random_rotation or self.random_scaling:
@@ -362,17 +367,32 @@ class SliceExtraction(Transformation):
         index = torch.arange(n)[:, None, None]
         return x.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
-    def _offsets(self, n: int, size: int, extent: int, offset: int, random: bool, generator: torch.Generator | None) -> torch.Tensor:
+    def _offsets(
+        self, n: int, size: int, extent: int, offset: int, random: bool, generator: torch.Generator | None
+    ) -> torch.Tensor:
         if random:
             return torch.randint(0, size - extent + 1, (n,), generator=generator)
         if offset < 0 or offset + extent > size:
-            raise DataError(f"{self.name}: slice at offset {offset} of length {extent} leaves the image of length {size} (set AllowPadding=1)")
+            raise DataError(
+                f"{self.name}: slice at offset {offset} of length {extent} leaves the image of length {size} "
+                "(set AllowPadding=1)"
+            )
         return torch.full((n,), offset, dtype=torch.int64)
 
-    def _warped(self, x: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _warped(
+        self, x: torch.Tensor, ox: torch.Tensor, oy: torch.Tensor, generator: torch.Generator | None
+    ) -> torch.Tensor:
         n = x.shape[0]
-        angle = _uniform(generator, n, *self.random_rotation_range) if self.random_rotation else torch.zeros(n, dtype=torch.float64)
-        scale = _uniform(generator, n, *self.random_scaling_range) if self.random_scaling else torch.ones(n, dtype=torch.float64)
+        angle = (
+            _uniform(generator, n, *self.random_rotation_range)
+            if self.random_rotation
+            else torch.zeros(n, dtype=torch.float64)
+        )
+        scale = (
+            _uniform(generator, n, *self.random_scaling_range)
+            if self.random_scaling
+            else torch.ones(n, dtype=torch.float64)
+        )
         cx = ox + (self.width - 1) / 2
         cy = oy + (self.height - 1) / 2
         u = (torch.arange(self.width, dtype=torch.float64) - (self.width - 1) / 2)[None, None, :]
@@ -472,7 +492,10 @@ class Flip(Transformation):
         return self.random_horizontal or self.random_vertical
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        for axis, fixed, random in ((-1, self.horizontal, self.random_horizontal), (-2, self.vertical, self.random_vertical)):
+        for axis, fixed, random in (
+            (-1, self.horizontal, self.random_horizontal),
+            (-2, self.vertical, self.random_vertical),
+        ):
             if fixed:
                 x = x.flip(axis)
             if random:
@@ -546,8 +569,12 @@ def bgr_to_hsv(x: torch.Tensor) -> torch.Tensor:
         v = torch.maximum(torch.maximum(r, g), b)
         diff = v - torch.minimum(torch.minimum(r, g), b)
         shift = 12
-        sdiv = torch.where(v > 0, torch.round((255 << shift) / v.clamp(min=1)), torch.zeros_like(v, dtype=torch.float64)).long()
-        hdiv = torch.where(diff > 0, torch.round((180 << shift) / (6.0 * diff.clamp(min=1))), torch.zeros_like(v, dtype=torch.float64)).long()
+        sdiv = torch.where(
+            v > 0, torch.round((255 << shift) / v.clamp(min=1)), torch.zeros_like(v, dtype=torch.float64)
+        ).long()
+        hdiv = torch.where(
+            diff > 0, torch.round((180 << shift) / (6.0 * diff.clamp(min=1))), torch.zeros_like(v, dtype=torch.float64)
+        ).long()
         s = (diff * sdiv + (1 << (shift - 1))) >> shift
         h = torch.where(v == r, g - b, torch.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
         h = (h * hdiv + (1 << (shift - 1))) >> shift
@@ -558,7 +585,9 @@ def bgr_to_hsv(x: torch.Tensor) -> torch.Tensor:
     diff = v - torch.minimum(torch.minimum(r, g), b)
     s = torch.where(v > 0, diff / v.clamp(min=1e-30), torch.zeros_like(v))
     safe = diff.clamp(min=1e-30)
-    h = torch.where(v == r, (g - b) * 60 / safe, torch.where(v == g, (b - r) * 60 / safe + 120, (r - g) * 60 / safe + 240))
+    h = torch.where(
+        v == r, (g - b) * 60 / safe, torch.where(v == g, (b - r) * 60 / safe + 120, (r - g) * 60 / safe + 240)
+    )
     h = torch.where(diff > 0, h, torch.zeros_like(h))
     return torch.stack((torch.where(h < 0, h + 360, h), s, v), 1)
 
@@ -612,7 +641,8 @@ class ColorSpace(Transformation):
     def _validated(self, section: Section) -> Transformation:
         if self.color_space not in COLOR_CONVERSIONS:
             raise section.error(
-                "ColorSpace", f"{self.color_space} is not implemented by qatrun; supported: {', '.join(COLOR_CONVERSIONS)}"
+                "ColorSpace",
+                f"{self.color_space} is not implemented by qatrun; supported: {', '.join(COLOR_CONVERSIONS)}",
             )
         return self
 
@@ -835,7 +865,18 @@ class ChannelExtraction(Transformation):
 
 TRANSFORMATIONS: dict[str, type[Transformation]] = {
     cls.name: cls
-    for cls in (Rescale, PadCrop, SliceExtraction, RandomResizeCrop, Flip, ColorSpace, RangeAffine, Normalize, Distortion, ChannelExtraction)
+    for cls in (
+        Rescale,
+        PadCrop,
+        SliceExtraction,
+        RandomResizeCrop,
+        Flip,
+        ColorSpace,
+        RangeAffine,
+        Normalize,
+        Distortion,
+        ChannelExtraction,
+    )
 }
 """Registry: the ``Type=`` value -> the transformation class."""
 

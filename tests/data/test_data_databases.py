@@ -49,7 +49,9 @@ def test_mnist_idx_bad_magic_and_size(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("label_bytes, kind", [(1, "CIFAR10_Database"), (2, "CIFAR100_Database")])
 def test_cifar_binary(tmp_path: Path, label_bytes: int, kind: str) -> None:
-    names = ["data_batch_1.bin", "data_batch_2.bin", "test_batch.bin"] if label_bytes == 1 else ["train.bin", "test.bin"]
+    names = (
+        ["data_batch_1.bin", "data_batch_2.bin", "test_batch.bin"] if label_bytes == 1 else ["train.bin", "test.bin"]
+    )
     expected_images, expected_labels = [], []
     for k, name in enumerate(names):
         data, labels, rgb = cifar_records(3 + k, label_bytes, seed=k)
@@ -79,7 +81,9 @@ def test_cifar100_coarse_labels(tmp_path: Path) -> None:
 def test_cifar10_subset_names_by_glob_and_test_for_validation(tmp_path: Path) -> None:
     for name, n in (("data_batch_1_first5.bin", 5), ("data_batch_2_first5.bin", 5), ("test_batch_first4.bin", 4)):
         (tmp_path / name).write_bytes(cifar_records(n, 1, seed=n)[0])
-    (tmp_path / "batches.meta.txt").write_text("airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n")
+    (tmp_path / "batches.meta.txt").write_text(
+        "airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n"
+    )
     db = database(f"[database]\nType=CIFAR10_Database\nDataPath={tmp_path}\nUseTestForValidation=1\n")
     stimuli = db.load(seed=0)
     assert stimuli.label_names[0] == "airplane" and len(stimuli.label_names) == 10
@@ -145,10 +149,14 @@ def test_ilsvrc2012_layout(tmp_path: Path) -> None:
     for k, synset in enumerate(synsets):
         (tmp_path / "train" / synset).mkdir(parents=True)
         for j in range(4):
-            Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(tmp_path / "train" / synset / f"{synset}_{j}.JPEG", format="PNG")
+            Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(
+                tmp_path / "train" / synset / f"{synset}_{j}.JPEG", format="PNG"
+            )
     (tmp_path / "val").mkdir()
     for j in range(3):
-        Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(tmp_path / "val" / f"v{j}.JPEG", format="PNG")
+        Image.fromarray(rng.integers(0, 256, (5, 6, 3), dtype=np.uint8)).save(
+            tmp_path / "val" / f"v{j}.JPEG", format="PNG"
+        )
     (tmp_path / "val.txt").write_text("v0.JPEG 2\nv1.JPEG 0\nv2.JPEG 1\n")
     db = database(f"[database]\nType=ILSVRC2012_Database\nDataPath={tmp_path}\nLearn=0.75\nBackgroundClass=1\n")
     stimuli = db.load(seed=0)
@@ -167,7 +175,9 @@ def test_ilsvrc2012_layout(tmp_path: Path) -> None:
 # Partitioning
 
 
-@pytest.mark.parametrize("n, fractions, rest", [(10, [0.8, 0.2], 1), (7, [0.5, 0.5], 1), (9, [0.3, 0.3, 0.4], 2), (5, [0.0, 1.0], 1)])
+@pytest.mark.parametrize(
+    "n, fractions, rest", [(10, [0.8, 0.2], 1), (7, [0.5, 0.5], 1), (9, [0.3, 0.3, 0.4], 2), (5, [0.0, 1.0], 1)]
+)
 @pytest.mark.parametrize("seed", [None, 0, 7])
 def test_split_is_deterministic_disjoint_complete(n: int, fractions: list[float], rest: int, seed: int | None) -> None:
     def run() -> list[list[int]]:
@@ -241,7 +251,9 @@ def test_missing_fashion_mnist_without_n2d2_data(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("N2D2_DATA", raising=False)
     monkeypatch.setenv("USER", "someone")
     db = database("[database]\nType=Fashion_MNIST_IDX_Database\n")
-    with pytest.raises(DataError, match=r"in /local/someone/n2d2_data/fashion-mnist/data/fashion \(N2D2's default when "):
+    with pytest.raises(
+        DataError, match=r"in /local/someone/n2d2_data/fashion-mnist/data/fashion \(N2D2's default when "
+    ):
         db.load(0)
 
 

@@ -105,7 +105,11 @@ def test_order_rule_static_in_file_order_then_on_the_fly(mnist_dir: Path) -> Non
         Unrelated=1
         """,
     )
-    assert [s.section.name for s in spec.stages] == ["sp.OnTheFlyTransformation-a", "sp.Transformation-b", "sp.Transformation-c"]
+    assert [s.section.name for s in spec.stages] == [
+        "sp.OnTheFlyTransformation-a",
+        "sp.Transformation-b",
+        "sp.Transformation-c",
+    ]
     static, dynamic = spec.chain("Learn")
     assert static == [RangeAffine("Multiplies", (2.0,)), SliceExtraction(4, 4)]
     assert dynamic == [RangeAffine("Plus", (1.0,))]
@@ -170,7 +174,9 @@ def test_stimuli_data_statistics_are_injected_and_used(mnist_dir: Path) -> None:
     assert float(stats.raw("_GlobalValue.stdDev")) == pytest.approx(std, rel=1e-12)
     assert float(stats.raw("_GlobalValue.maxVal")) == float(learn.max())
     x, _ = collect(provider, "Learn", shuffle=False)
-    assert abs(float(x.double().mean())) < 1e-6 and float(x.double().std(unbiased=False)) == pytest.approx(1.0, rel=1e-5)
+    assert abs(float(x.double().mean())) < 1e-6 and float(x.double().std(unbiased=False)) == pytest.approx(
+        1.0, rel=1e-5
+    )
 
 
 def test_loader_shuffle_epochs_and_shards(mnist_dir: Path) -> None:
@@ -186,7 +192,9 @@ def test_loader_shuffle_epochs_and_shards(mnist_dir: Path) -> None:
     shards = [provider.loader("Learn", shuffle=True, epoch=2, rank=r, world=3).order() for r in range(3)]
     assert sorted(torch.cat(shards).tolist()) == list(range(50))
     assert torch.equal(shards[1], order[1::3])
-    sizes = [sum(len(y) for _, y in provider.loader("Learn", True, batch_size=4, rank=r, world=3, epoch=2)) for r in range(3)]
+    sizes = [
+        sum(len(y) for _, y in provider.loader("Learn", True, batch_size=4, rank=r, world=3, epoch=2)) for r in range(3)
+    ]
     assert sizes == [17, 17, 16]
     assert [len(provider.loader("Learn", True, batch_size=4, rank=r, world=3)) for r in range(3)] == [5, 5, 4]
 
@@ -246,7 +254,14 @@ def test_dir_database_files_through_workers(tmp_path: Path) -> None:
     assert provider.labels == ["a", "b"] and provider.size("Learn") == 4 and provider.size("Test") == 2
     x, y = collect(provider, "Test", shuffle=False)
     files = provider._prepared["Test"].files
-    expected = torch.stack([resize_bilinear(torch.from_numpy(np.asarray(Image.open(f))[..., ::-1].copy()).permute(2, 0, 1)[None], 5, 6)[0] for f in files])
+    expected = torch.stack(
+        [
+            resize_bilinear(torch.from_numpy(np.asarray(Image.open(f))[..., ::-1].copy()).permute(2, 0, 1)[None], 5, 6)[
+                0
+            ]
+            for f in files
+        ]
+    )
     assert torch.equal(x, scaled(expected)) and y.tolist() == [0, 1]
 
 
@@ -277,12 +292,16 @@ def test_load_in_memory_caches_after_the_static_prefix(tmp_path: Path) -> None:
     learn = provider._prepared["Learn"]
     assert learn.files is None and learn.data.shape == (4, 1, 4, 4) and learn.data.dtype == torch.uint8
     files = sorted(tmp_path.glob("*/*.pgm"))
-    expected = torch.cat([resize_bilinear(torch.from_numpy(np.asarray(Image.open(f)).copy())[None, None], 4, 4) for f in files])
+    expected = torch.cat(
+        [resize_bilinear(torch.from_numpy(np.asarray(Image.open(f)).copy())[None, None], 4, 4) for f in files]
+    )
     assert torch.equal(learn.data, expected)
     x, _ = collect(provider, "Learn", shuffle=False)
     for k in range(4):
         assert torch.equal(x[k], scaled(expected[k])) or torch.equal(x[k], scaled(expected[k].flip(-1)))
-    no_rescale = text.replace("Type=RescaleTransformation", "Type=FlipTransformation").replace("Width=4\n        Height=4\n        [sp.On", "[sp.On")
+    no_rescale = text.replace("Type=RescaleTransformation", "Type=FlipTransformation").replace(
+        "Width=4\n        Height=4\n        [sp.On", "[sp.On"
+    )
     with pytest.raises(DataError, match="images differ after the static transformations"):
         DataSpec.from_doc(doc(no_rescale)).open(0)
 
@@ -355,8 +374,13 @@ def test_spec_reads_every_key_without_data(tmp_path: Path) -> None:
 
 
 def test_env_section_size_key_and_spiking_keys(mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec = spec_for(mnist_dir, "[sp]\nSizeX=5\nSizeY=5\n[env]\nSize=28 28 1\nBatchSize=4\nStimulusType=JitteredPeriodic\n")
+    spec = spec_for(
+        mnist_dir, "[sp]\nSizeX=5\nSizeY=5\n[env]\nSize=28 28 1\nBatchSize=4\nStimulusType=JitteredPeriodic\n"
+    )
     assert spec.section.name == "env" and spec.input_shape == (1, 28, 28)
-    assert "t.ini:11: warning: [env] StimulusType only drives N2D2's spiking simulator; qatrun ignores it" in capsys.readouterr().err
+    assert (
+        "t.ini:11: warning: [env] StimulusType only drives N2D2's spiking simulator; qatrun ignores it"
+        in capsys.readouterr().err
+    )
     spec.open(0)
     assert spec.document.section("env").raw("_EpochSize") == "50"

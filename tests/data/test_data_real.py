@@ -18,7 +18,9 @@ from tests.data.helpers import doc, scaled
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = next((p for p in (REPO.parent / "shared", Path("/work/shared")) if p.is_dir()), None)
-needs_shared = pytest.mark.skipif(SHARED is None, reason="shared/ (golden data, CIFAR-10 subset) not found beside the repository")
+needs_shared = pytest.mark.skipif(
+    SHARED is None, reason="shared/ (golden data, CIFAR-10 subset) not found beside the repository"
+)
 GOLDEN_POSITIONS = (3593, 9194)  # N2D2's test positions 0 and 1 of the golden run (README of golden/n2d2-lenet-8b)
 
 
@@ -28,7 +30,11 @@ def read_dat(path: Path) -> list[str]:
 
 
 def test_shipped_mnist_sizes_and_labels() -> None:
-    spec = DataSpec.from_doc(doc(f"[database]\nType=MNIST_IDX_Database\nDataPath={REPO}/absent\nRandomPartitioning=0\n[sp]\nSizeX=28\nSizeY=28\n"))
+    spec = DataSpec.from_doc(
+        doc(
+            f"[database]\nType=MNIST_IDX_Database\nDataPath={REPO}/absent\nRandomPartitioning=0\n[sp]\nSizeX=28\nSizeY=28\n"
+        )
+    )
     provider = spec.open(seed=1)
     assert provider.source == SHIPPED_MNIST
     assert provider.size("Learn") == 60000 and provider.size("Test") == 10000 and provider.size("Validation") == 0
@@ -60,9 +66,17 @@ def test_rescale_reproduces_opencv_on_the_golden_inputs(t10k: torch.Tensor, stim
     # fakequant env.dat is p * float(1/255) in float32, printed with 6 significant digits; the correctly
     # rounded p / 255 prints differently on 4 and 7 pixels
     inputs = scaled(ours).double()
-    assert [f"{v:.6g}" for v in inputs.flatten().tolist()] == read_dat(outputs / f"fakequant/stimulus{stimulus}/env.dat")
+    assert [f"{v:.6g}" for v in inputs.flatten().tolist()] == read_dat(
+        outputs / f"fakequant/stimulus{stimulus}/env.dat"
+    )
     divided = (ours / 255).float().double()
-    misses = sum(a != b for a, b in zip([f"{v:.6g}" for v in divided.flatten().tolist()], read_dat(outputs / f"fakequant/stimulus{stimulus}/env.dat")))
+    misses = sum(
+        a != b
+        for a, b in zip(
+            [f"{v:.6g}" for v in divided.flatten().tolist()],
+            read_dat(outputs / f"fakequant/stimulus{stimulus}/env.dat"),
+        )
+    )
     assert misses == (4, 7)[stimulus]
 
 
@@ -92,7 +106,9 @@ def test_golden_ini_through_the_provider() -> None:
 def test_cifar10_subset() -> None:
     folder = SHARED / "data/cifar10"
     spec = DataSpec.from_doc(
-        doc(f"[database]\nType=CIFAR10_Database\nDataPath={folder}\n[sp]\nSizeX=32\nSizeY=32\nNbChannels=3\nBatchSize=100\n")
+        doc(
+            f"[database]\nType=CIFAR10_Database\nDataPath={folder}\n[sp]\nSizeX=32\nSizeY=32\nNbChannels=3\nBatchSize=100\n"
+        )
     )
     assert spec.epoch_size() == 4660
     provider = spec.open(seed=0)

@@ -53,7 +53,10 @@ def opencv_linear_u8_reference(img: np.ndarray, height: int, width: int) -> np.n
     return out
 
 
-@pytest.mark.parametrize("src, dst", [((28, 28), (32, 32)), ((5, 7), (3, 4)), ((4, 4), (9, 6)), ((6, 6), (3, 3)), ((1, 5), (3, 2)), ((7, 3), (7, 3))])
+@pytest.mark.parametrize(
+    "src, dst",
+    [((28, 28), (32, 32)), ((5, 7), (3, 4)), ((4, 4), (9, 6)), ((6, 6), (3, 3)), ((1, 5), (3, 2)), ((7, 3), (7, 3))],
+)
 def test_resize_u8_matches_the_plain_reference(src: tuple[int, int], dst: tuple[int, int]) -> None:
     x = u8((2, 1, *src), seed=sum(src))
     out = resize_bilinear(x, *dst)
@@ -73,7 +76,9 @@ def test_resize_u8_channels_are_independent() -> None:
 @given(st.integers(1, 20), st.integers(1, 20), st.integers(1, 30), st.integers(1, 30), st.integers(0, 255))
 def test_resize_u8_properties(h: int, w: int, height: int, width: int, value: int) -> None:
     constant = torch.full((1, 1, h, w), value, dtype=torch.uint8)
-    assert torch.equal(resize_bilinear(constant, height, width), torch.full((1, 1, height, width), value, dtype=torch.uint8))
+    assert torch.equal(
+        resize_bilinear(constant, height, width), torch.full((1, 1, height, width), value, dtype=torch.uint8)
+    )
     x = u8((1, 1, h, w), seed=h * 31 + w)
     fixed = resize_bilinear(x, height, width).int()
     exact = F.interpolate(x.double(), size=(height, width), mode="bilinear", align_corners=False).round().int()
@@ -110,7 +115,9 @@ def test_border_indices(border: str, expected: list[int]) -> None:
     [((5, 7), 3, 3, "ConstantBorder", False, (3, 3)), ((3, 3), 6, 5, "ReplicateBorder", False, (5, 6)),
      ((4, 6), 2, 8, "MinusOneReflectBorder", False, (8, 2)), ((4, 4), 2, 2, "ReflectBorder", True, (6, 6))],
 )  # fmt: skip
-def test_pad_crop_centres(size: tuple[int, int], width: int, height: int, border: str, additive: bool, expected_shape: tuple[int, int]) -> None:
+def test_pad_crop_centres(
+    size: tuple[int, int], width: int, height: int, border: str, additive: bool, expected_shape: tuple[int, int]
+) -> None:
     x = u8((2, 1, *size), seed=1)
     out = T.PadCrop(width, height, border, (7.0,), additive)(x)
     assert out.shape[-2:] == expected_shape
@@ -119,7 +126,12 @@ def test_pad_crop_centres(size: tuple[int, int], width: int, height: int, border
     # plain reference: crop offsets (h - H) // 2, then pad with left/top (W - w) // 2 using numpy's modes
     ref = x[0, 0].numpy()[max(0, (h - H) // 2) :][:H, max(0, (w - W) // 2) :][:, :W]
     ph, pw = H - ref.shape[0], W - ref.shape[1]
-    mode = {"ConstantBorder": "constant", "ReplicateBorder": "edge", "ReflectBorder": "symmetric", "MinusOneReflectBorder": "reflect"}[border]
+    mode = {
+        "ConstantBorder": "constant",
+        "ReplicateBorder": "edge",
+        "ReflectBorder": "symmetric",
+        "MinusOneReflectBorder": "reflect",
+    }[border]
     pad = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2))
     ref = np.pad(ref, pad, mode=mode, **({"constant_values": 7} if mode == "constant" else {}))
     assert np.array_equal(out[0, 0].numpy(), ref)
@@ -134,9 +146,15 @@ def test_pad_crop_mean_border_is_per_image_and_channel() -> None:
 
 @pytest.mark.parametrize(
     "shape, keep, fit, expected",
-    [((1, 28, 28), False, True, (1, 32, 40)), ((3, 375, 500), True, False, (3, 256, 341)), ((3, 375, 500), True, True, (3, 240, 320))],
+    [
+        ((1, 28, 28), False, True, (1, 32, 40)),
+        ((3, 375, 500), True, False, (3, 256, 341)),
+        ((3, 375, 500), True, True, (3, 240, 320)),
+    ],
 )
-def test_rescale_output_shape(shape: tuple[int, int, int], keep: bool, fit: bool, expected: tuple[int, int, int]) -> None:
+def test_rescale_output_shape(
+    shape: tuple[int, int, int], keep: bool, fit: bool, expected: tuple[int, int, int]
+) -> None:
     t = T.Rescale(40, 32, keep, fit) if not keep else T.Rescale(320 if fit else 256, 240 if fit else 256, keep, fit)
     assert t.output_shape(shape) == expected
 
@@ -182,7 +200,16 @@ def test_slice_extraction_padding_and_errors() -> None:
 
 def test_slice_extraction_zero_rotation_scaling_is_the_slice() -> None:
     x = u8((2, 1, 9, 9), seed=6)
-    t = T.SliceExtraction(5, 5, 2, 1, random_rotation=True, random_rotation_range=(0.0, 0.0), random_scaling=True, random_scaling_range=(1.0, 1.0))
+    t = T.SliceExtraction(
+        5,
+        5,
+        2,
+        1,
+        random_rotation=True,
+        random_rotation_range=(0.0, 0.0),
+        random_scaling=True,
+        random_scaling_range=(1.0, 1.0),
+    )
     assert torch.equal(t(x, torch.Generator().manual_seed(0)), x[:, :, 1:6, 2:7])
 
 
@@ -207,7 +234,9 @@ def test_random_resize_crop_boxes_lie_inside(h: int, w: int, scale_min: float, r
 def test_random_resize_crop_full_box_is_a_resize() -> None:
     x = torch.rand(3, 2, 6, 6)
     out = T.RandomResizeCrop(4, 4)(x, torch.Generator().manual_seed(0))  # scale 1, ratio 1: the whole image
-    torch.testing.assert_close(out, F.interpolate(x, size=(4, 4), mode="bilinear", align_corners=False), rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        out, F.interpolate(x, size=(4, 4), mode="bilinear", align_corners=False), rtol=0, atol=1e-5
+    )
 
 
 def test_distortion_without_amplitude_is_identity() -> None:
@@ -228,8 +257,12 @@ def test_distortion_without_amplitude_is_identity() -> None:
         (("Divides", (255.0,)), None, False, [0.0, float(np.float32(10) * np.float32(1 / 255)), 1.0]),
         (("Minus", (128.0,)), ("Divides", (128.0,)), False, [-1.0, -118 / 128, 127 / 128]),
         (("Multiplies", (2.0,)), ("Plus", (-3.0,)), True, [0, 17, 255]),
-        (("Divides", (3.0,)), ("Multiplies", (0.1,)), False,
-         [0.0, *(float(np.float32(np.float32(v) * np.float32(1 / 3)) * np.float32(0.1)) for v in (10, 255))]),
+        (
+            ("Divides", (3.0,)),
+            ("Multiplies", (0.1,)),
+            False,
+            [0.0, *(float(np.float32(np.float32(v) * np.float32(1 / 3)) * np.float32(0.1)) for v in (10, 255))],
+        ),
     ],
 )
 def test_range_affine_table(first, second, truncate, expected) -> None:
@@ -308,7 +341,9 @@ def test_color_space_swaps_and_gray_expansion() -> None:
 
 
 def test_hsv_float_range() -> None:
-    pixels = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.5, 0.5]])  # BGR: red, green, blue, gray
+    pixels = torch.tensor(
+        [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.5, 0.5, 0.5]]
+    )  # BGR: red, green, blue, gray
     hsv = T.bgr_to_hsv(pixels.view(4, 3, 1, 1))[:, :, 0, 0]
     assert hsv.tolist() == [[0.0, 1.0, 1.0], [120.0, 1.0, 1.0], [240.0, 1.0, 1.0], [0.0, 0.0, 0.5]]
 
@@ -319,7 +354,15 @@ def test_hsv_float_range() -> None:
 
 @pytest.mark.parametrize(
     "apply_to, expected",
-    [("All", "LVT"), ("LearnOnly", "L"), ("ValidationOnly", "V"), ("TestOnly", "T"), ("NoLearn", "VT"), ("NoValidation", "LT"), ("NoTest", "LV")],
+    [
+        ("All", "LVT"),
+        ("LearnOnly", "L"),
+        ("ValidationOnly", "V"),
+        ("TestOnly", "T"),
+        ("NoLearn", "VT"),
+        ("NoValidation", "LT"),
+        ("NoTest", "LV"),
+    ],
 )
 def test_applies_to(apply_to: str, expected: str) -> None:
     assert "".join(p[0] for p in ("Learn", "Validation", "Test") if T.applies_to(apply_to, p)) == expected
