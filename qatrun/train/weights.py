@@ -55,13 +55,18 @@ class Entry:
 
     Attributes:
         name: the cell (INI section) name; the file stem before sanitising.
-        kind: ``"conv"`` (weights O x C x kH x kW), ``"fc"`` (weights O x N), ``"bn"`` or ``"scalar"``.
+        kind: ``"conv"`` (weights O x C/groups x kH x kW: a grouped or depthwise convolution stores exactly
+            its connected channels), ``"fc"`` (weights O x N, N = C*H*W flattened channel-major, as N2D2),
+            ``"bn"`` or ``"scalar"``.
         tensors: conv/fc: ``weights``, optional ``biases`` (present means ``NoBias=0``), optional
             ``quant_weights`` (written only); bn: ``scales``, ``biases``, ``means``, ``variances``; scalar: one
             or more ``{suffix: tensor of one element}``, written to ``<name>_<suffix>.syntxt``.
         mask: conv only: a 0/1 tensor of the weights' shape; input channels whose kernel is all zero for an
             output are not connected to it and are absent from that output's line.
         digits: significant digits when writing (6; 10 for cells with a quantizer).
+        setter: if given, import reads into copies and calls ``setter(role, tensor)`` for each role read,
+            instead of writing into ``tensors`` in place (for state that must know it was loaded, e.g. an LSQ
+            step size that is otherwise initialised from the data).
     """
 
     name: str
@@ -69,6 +74,7 @@ class Entry:
     tensors: dict[str, torch.Tensor]
     mask: torch.Tensor | None = None
     digits: int = 6
+    setter: Callable[[str, torch.Tensor], None] | None = None
 
     def __post_init__(self) -> None:
         assert self.kind in KINDS, self.kind
@@ -290,49 +296,70 @@ def import_folder(
         (notify or _stderr)(f"Notice: Could not open synaptic file: {path}")
 
     for entry in entries:
+        # with a setter, read into copies and hand them over (e.g. an LSQ step size that must know it was loaded)
+        tensors = entry.tensors if entry.setter is None else {k: v.detach().clone() for k, v in entry.tensors.items()}
         if entry.kind in ("conv", "fc"):
-            _import_weights(folder, entry, absent)
+            read = _import_weights(folder, entry, tensors, absent)
         elif entry.kind == "bn":
-            _import_bn(folder, entry, absent)
+            read = _import_bn(folder, entry, tensors, absent)
         else:
-            for suffix, tensor in entry.tensors.items():
-                path = cell_file(folder, entry.name, f"{suffix}.syntxt")
-                if path.is_file():
-                    _fill(path, read_values(path), [(tensor, None)])
-                else:
-                    absent(path)
+            read = _import_scalars(folder, entry, tensors, absent)
+        if entry.setter is not None:
+            for role in read:
+                entry.setter(role, tensors[role])
     return missing
 
 
-def _import_weights(folder: str | os.PathLike[str], entry: Entry, absent: Callable[[Path], None]) -> None:
-    weights = (entry.tensors["weights"], _weight_positions(entry))
-    biases = entry.tensors.get("biases")
+def _import_weights(
+    folder: str | os.PathLike[str], entry: Entry, tensors: dict[str, torch.Tensor], absent: Callable[[Path], None]
+) -> list[str]:
+    weights = (tensors["weights"], _weight_positions(entry))
+    biases = tensors.get("biases")
     single = Path(f"{os.fspath(folder)}/{file_path(entry.name)}.syntxt")
     if single.is_file():  # N2D2's one-file form: the weights, then the biases
         targets = [weights] + ([(biases, None)] if biases is not None else [])
         _fill(single, read_values(single), targets)
-        return
+        return ["weights"] + (["biases"] if biases is not None else [])
     path = cell_file(folder, entry.name, "weights.syntxt")
     if not path.is_file():
         absent(path)
-        return
+        return []
     _fill(path, read_values(path), [weights])
-    if biases is not None:
-        path = cell_file(folder, entry.name, "biases.syntxt")
-        if not path.is_file():
-            raise DataError(f"Could not open synaptic file: {path} (the cell has biases: NoBias=0)")
-        _fill(path, read_values(path), [(biases, None)])
+    if biases is None:
+        return ["weights"]
+    path = cell_file(folder, entry.name, "biases.syntxt")
+    if not path.is_file():
+        raise DataError(f"Could not open synaptic file: {path} (the cell has biases: NoBias=0)")
+    _fill(path, read_values(path), [(biases, None)])
+    return ["weights", "biases"]
 
 
-def _import_bn(folder: str | os.PathLike[str], entry: Entry, absent: Callable[[Path], None]) -> None:
+def _import_bn(
+    folder: str | os.PathLike[str], entry: Entry, tensors: dict[str, torch.Tensor], absent: Callable[[Path], None]
+) -> list[str]:
     paths = {role: cell_file(folder, entry.name, f"{role}.syntxt") for role in _BN_ROLES}
     if not paths["scales"].is_file():
         absent(paths["scales"])
-        return
+        return []
     for role, path in paths.items():
         if not path.is_file():
             raise DataError(f"Could not open synaptic file: {path}")
-        _fill(path, read_values(path), [(entry.tensors[role], None)])
+        _fill(path, read_values(path), [(tensors[role], None)])
+    return list(_BN_ROLES)
+
+
+def _import_scalars(
+    folder: str | os.PathLike[str], entry: Entry, tensors: dict[str, torch.Tensor], absent: Callable[[Path], None]
+) -> list[str]:
+    read = []
+    for suffix, tensor in tensors.items():
+        path = cell_file(folder, entry.name, f"{suffix}.syntxt")
+        if path.is_file():
+            _fill(path, read_values(path), [(tensor, None)])
+            read.append(suffix)
+        else:
+            absent(path)
+    return read
 
 
 def _stderr(message: str) -> None:

@@ -195,3 +195,13 @@ def test_6_digit_text_is_stable_through_float32(value: float) -> None:
     text = format_value(value, 6)
     again = format_value(torch.tensor(float(text), dtype=torch.float32).item(), 6)
     assert again == text
+
+
+def test_setter_receives_read_values_instead_of_in_place_writes(tmp_path: Path) -> None:
+    (tmp_path / "a_QAct_LSQ_StepSize.syntxt").write_text("0.125")
+    step = torch.tensor([1.0])
+    got: list[tuple[str, list[float]]] = []
+    entry = Entry("a", "scalar", {"QAct_LSQ_StepSize": step, "Other": torch.tensor([2.0])},
+                  setter=lambda role, t: got.append((role, t.tolist())))
+    import_folder(tmp_path, [entry], ignore_missing=True, notify=lambda _: None)
+    assert got == [("QAct_LSQ_StepSize", [0.125])] and step.item() == 1.0  # the missing file: no call
