@@ -465,9 +465,11 @@ class RandomResizeCrop(Transformation):
         top, left, bh, bw = self.boxes(n, h, w, generator).double().unbind(1)
         j = torch.arange(self.width, dtype=torch.float64)[None, None, :]
         i = torch.arange(self.height, dtype=torch.float64)[None, :, None]
-        # half-pixel centres: output pixel j of the box covers [left + j * bw / W, ...)
-        src_x = (left[:, None, None] + (j + 0.5) * (bw / self.width)[:, None, None] - 0.5).clamp(0, w - 1)
-        src_y = (top[:, None, None] + (i + 0.5) * (bh / self.height)[:, None, None] - 0.5).clamp(0, h - 1)
+        # half-pixel centres inside the box, clamped to the box as cv::resize of the crop clamps
+        u = (j + 0.5) * (bw / self.width)[:, None, None] - 0.5
+        v = (i + 0.5) * (bh / self.height)[:, None, None] - 0.5
+        src_x = left[:, None, None] + torch.minimum(u.clamp(min=0), (bw - 1)[:, None, None])
+        src_y = top[:, None, None] + torch.minimum(v.clamp(min=0), (bh - 1)[:, None, None])
         return _sample(x, src_x.expand(n, self.height, self.width), src_y.expand(n, self.height, self.width))
 
 

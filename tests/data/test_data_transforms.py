@@ -239,6 +239,14 @@ def test_random_resize_crop_full_box_is_a_resize() -> None:
     )
 
 
+def test_random_resize_crop_samples_only_inside_its_box() -> None:
+    x = torch.zeros(1, 1, 8, 8)
+    t = T.RandomResizeCrop(6, 6, 0.25, 0.25)  # a 4 x 4 box, upscaled
+    top, left, bh, bw = t.boxes(1, 8, 8, torch.Generator().manual_seed(3))[0].tolist()
+    x[..., top : top + bh, left : left + bw] = 1.0
+    assert torch.equal(t(x, torch.Generator().manual_seed(3)), torch.ones(1, 1, 6, 6))
+
+
 def test_distortion_without_amplitude_is_identity() -> None:
     x = u8((3, 2, 7, 5), seed=8)
     assert torch.equal(T.Distortion()(x, torch.Generator().manual_seed(0)), x)
