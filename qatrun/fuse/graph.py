@@ -50,7 +50,7 @@ from qatrun.fuse.integerize import (
 )
 from qatrun.fuse.intnet import IntAdd, IntAvgPool2d, IntConv2d, IntInput, IntLinear, IntMaxPool2d, Rescale
 from qatrun.fuse.reader import DefaultReader, QuantReader
-from qatrun.fuse.scaling import error_bound_lsb
+from qatrun.fuse.scaling import Requant, error_bound_lsb, product_fits
 from qatrun.net.layers import ElemWise, Permute, Reshape, Softmax
 
 PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
@@ -68,8 +68,8 @@ class FusedLayer:
     Attributes:
         name: the accumulating module (IntConv2d/IntLinear/IntAdd), named after the source layer.
         rescale: the Rescale module closing it.
-        source: the source module whose output the Rescale reproduces (its activation quantizer), or
-            the last module of the pattern for an unquantized output.
+        source: the source graph node whose output the Rescale reproduces (its activation quantizer),
+            or the last node of the pattern for an unquantized output.
         kind: ``conv``, ``fc``, ``add`` or ``requant``.
         out: the output grid (None: unquantized float output).
         out_unit: real value of one output unit.
@@ -77,6 +77,10 @@ class FusedLayer:
             conversion has none).
         layer: the per-layer integer form (weights, bias, rescale) for conv/fc.
         mask: the connectivity of a masked (``Mapping``) convolution, for the weights files.
+        inputs: the source nodes feeding the accumulating module (for layer-by-layer verification).
+        input_grids: their grids.
+        pre: the source node feeding the activation quantizer (its value before rounding), if any.
+        relu: a ReLU runs before that quantizer.
     """
 
     name: str
@@ -88,6 +92,10 @@ class FusedLayer:
     bound_lsb: int | None
     layer: IntegerLayer | None = None
     mask: torch.Tensor | None = None
+    inputs: tuple[str, ...] = ()
+    input_grids: tuple[Grid, ...] = ()
+    pre: str | None = None
+    relu: bool = False
 
 
 @dataclass
@@ -192,12 +200,17 @@ class _Builder:
             current = user
         return chain
 
-    def _rescale_name(self, chain: _Chain, layer_name: str) -> tuple[str, str]:
-        """(Rescale module name, source module it reproduces)."""
+    @staticmethod
+    def _names(chain: _Chain, node: fx.Node, layer_name: str) -> dict[str, object]:
+        """The Rescale module's name, and what verification needs to find its counterpart in the source."""
         tail = chain.tail
-        if tail is None:
-            return f"{layer_name}_rescale", layer_name
-        return _module_name(tail), _module_name(tail)
+        pre = chain.act[0].args[0] if chain.act else None
+        return {
+            "rescale": f"{layer_name}_rescale" if tail is None else _module_name(tail),
+            "source": node.name if tail is None else tail.name,
+            "pre": pre.name if isinstance(pre, fx.Node) else None,
+            "relu": chain.relu,
+        }
 
     def _close(self, chain: _Chain, source_node: fx.Node, acc: fx.Node, info: FusedLayer, rescale: Rescale) -> None:
         out = self._emit(info.rescale, rescale, acc)
@@ -207,11 +220,16 @@ class _Builder:
         self.grids[tail] = info.out
         self.report.layers.append(info)
 
+    @staticmethod
+    def _check_product(name: str, requant: Requant, acc_bound: float) -> None:
+        if not product_fits(requant, acc_bound):
+            raise RunError(f"{name}: its accumulator (up to {acc_bound:.3g}) times the {requant.mode} multiplier "
+                           "would overflow 64-bit integers; use Floating-point or Fixed-point16")
+
     def _bound(self, rescale: Rescale, extra: float = 0.0) -> int | None:
         if not self.exact:
             return None
-        bound = error_bound_lsb(rescale.params)
-        return bound if extra == 0 else int(bound + extra) + 1
+        return error_bound_lsb(rescale.params, extra)
 
     # -------------------------------------------------------------------------------------- patterns
 
@@ -239,11 +257,14 @@ class _Builder:
             )
         else:
             int_module = IntLinear(layer.weight, layer.bias, grid_in.zero, span, layer.weight_codes, name)
+        self._check_product(name, layer.requant, int_module.acc_bound)  # type: ignore[arg-type]
         acc = self._emit(name, int_module, self.env[node.args[0]])  # type: ignore[index]
         rescale = Rescale(layer.requant)
-        rescale_name, source = self._rescale_name(chain, name)
-        info = FusedLayer(name, rescale_name, source, "conv" if is_conv else "fc", layer.out, layer.out_unit,
-                          self._bound(rescale), layer, w.mask)
+        info = FusedLayer(
+            name=name, kind="conv" if is_conv else "fc", out=layer.out, out_unit=layer.out_unit,
+            bound_lsb=self._bound(rescale), layer=layer, mask=w.mask, inputs=(node.args[0].name,),  # type: ignore
+            input_grids=(grid_in,), **self._names(chain, node, name),  # type: ignore[arg-type]
+        )
         self._close(chain, node, acc, info, rescale)
 
     def _convert(
@@ -270,9 +291,11 @@ class _Builder:
         integer_add = add_layer(grids, weights, shifts, chain.act[1], self.options, chain.relu)
         acc = self._emit(name, IntAdd(integer_add.multipliers, integer_add.zeros), *[self.env[a] for a in inputs])
         rescale = Rescale(integer_add.requant)
-        rescale_name, source = self._rescale_name(chain, name)
-        info = FusedLayer(name, rescale_name, source, "add", integer_add.out, chain.act[1].unit,
-                          self._bound(rescale, integer_add.error))
+        info = FusedLayer(
+            name=name, kind="add", out=integer_add.out, out_unit=chain.act[1].unit,
+            bound_lsb=self._bound(rescale, integer_add.error), inputs=tuple(a.name for a in inputs),
+            input_grids=tuple(grids), **self._names(chain, node, name),  # type: ignore[arg-type]
+        )
         self._close(chain, node, acc, info, rescale)
 
     def requant(self, node: fx.Node, act: ActQuant, relu: bool) -> None:
@@ -285,8 +308,11 @@ class _Builder:
         integer_add = add_layer([grid], ones, torch.zeros(1, 1), act, self.options, relu)
         acc = self._emit(f"{name}_acc", IntAdd(integer_add.multipliers, integer_add.zeros), self.env[source])
         rescale = Rescale(integer_add.requant)
-        info = FusedLayer(f"{name}_acc", name, name, "requant", integer_add.out, act.unit,
-                          self._bound(rescale, integer_add.error))
+        info = FusedLayer(
+            name=f"{name}_acc", rescale=name, source=node.name, kind="requant", out=integer_add.out,
+            out_unit=act.unit, bound_lsb=self._bound(rescale, integer_add.error), inputs=(source.name,),
+            input_grids=(grid,), pre=source.name, relu=relu,
+        )
         self._close(_Chain([]), node, acc, info, rescale)
 
     def pool(self, node: fx.Node, module: nn.Module) -> None:
@@ -305,8 +331,9 @@ class _Builder:
     def same_op(self, node: fx.Node) -> None:
         """Copies a shape operation (or a shape module) onto the integer graph; the grid passes through."""
         if node.op == "call_module":
-            module = self.modules[_module_name(node)]
-            self.env[node] = self._emit(_module_name(node), _ShapeModule(module), self.env[node.args[0]])  # type: ignore
+            name = _module_name(node)
+            source = self.env[node.args[0]]  # type: ignore[index]
+            self.env[node] = self._emit(name, _ShapeModule(self.modules[name]), source)
         else:
             self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
         first = node.args[0] if node.args else None

@@ -186,7 +186,8 @@ class BatchNormParams:
 class Grid:
     """How an integer tensor stands for real values: ``x = (q - zero) unit``, ``q`` in [lo, hi].
 
-    ``range`` and ``alpha`` are N2D2's ``(R_in, alpha_in)`` state for the n2d2 flavour.
+    ``range`` and ``alpha`` are N2D2's ``(R_in, alpha_in)`` state for the n2d2 flavour; ``integer`` is False
+    for the averages N2D2 passes on after an average pooling.
     """
 
     unit: float
@@ -195,6 +196,7 @@ class Grid:
     zero: int = 0
     range: int = INPUT_RANGE
     alpha: float = 1.0
+    integer: bool = True
 
     @classmethod
     def of(cls, act: ActQuant, lo: int | None = None) -> Grid:
@@ -527,12 +529,18 @@ def add_layer(
     requant = Requant("Floating-point", scale, offset, lo, act.hi, rounding=act.rounding)
     if options.rescaling == "Floating-point":
         return IntegerAdd(ratios, zeros, requant, Grid.of(act, lo))
-    # Integer modes: branch multipliers R_i = round(r_i 2^k) on one scale 2^-k, then the rescale.
-    bits = BRANCH_BITS[options.rescaling]
-    largest = float(ratios.abs().max())
-    k = max(0, (bits - 2) - math.floor(math.log2(largest))) if largest > 0 else 0
-    integer_ratios = torch.round(ratios * 2.0**k)
+    # Integer modes: branch multipliers R_i = round(r_i 2^k) on one scale 2^-k, then the rescale. k gives
+    # the largest multiplier the mode's bits, but keeps the accumulator sum_i R_i |q_i - z_i| below 2^31
+    # so that its product with a 32-bit rescale multiplier stays inside int64.
     spans = torch.tensor([max(abs(g.lo - g.zero), abs(g.hi - g.zero)) for g in grids], dtype=torch.float64)
+    largest = float(ratios.abs().max())
+    total = float((ratios.abs() * spans[:, None]).sum(dim=0).max())
+    k = 0
+    if largest > 0 and total > 0:
+        k_bits = (BRANCH_BITS[options.rescaling] - 2) - math.floor(math.log2(largest))
+        k_fit = math.floor(math.log2(2.0**31 / total)) - 1
+        k = max(0, min(k_bits, k_fit))
+    integer_ratios = torch.round(ratios * 2.0**k)
     error = float(((ratios - integer_ratios / 2.0**k).abs() * spans[:, None]).sum(dim=0).max()) * float(scale[0])
     requant = with_mode(Requant("Floating-point", scale / 2.0**k, offset, lo, act.hi, rounding=act.rounding),
                         options.rescaling)

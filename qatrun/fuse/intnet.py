@@ -18,6 +18,7 @@ Every module has ``describe()`` for the network summary, e.g. ``int9 w / int32 a
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor, nn
@@ -154,6 +155,10 @@ class IntConv2d(_Accumulating):
             acc = self._conv(x, self.weight)
         return acc + self.bias.reshape(-1, 1, 1)
 
+    def magnitude(self, x: Tensor) -> Tensor:
+        """``conv(|q - z_in|, |W|) + |b|``: the size of the terms summed into each accumulator."""
+        return self._conv(self._centred(x).abs(), self.weight.double().abs()) + self.bias.abs().reshape(-1, 1, 1)
+
 
 class IntLinear(_Accumulating):
     """Integer fully connected layer: ``acc = (q - z_in) W^T + b`` (exact, float64 holding integers).
@@ -186,6 +191,10 @@ class IntLinear(_Accumulating):
         else:
             acc = F.linear(x, self.weight.double())
         return acc + self.bias
+
+    def magnitude(self, x: Tensor) -> Tensor:
+        """``|q - z_in| |W|^T + |b|``: the size of the terms summed into each accumulator."""
+        return F.linear(self._centred(x).abs(), self.weight.double().abs()) + self.bias.abs()
 
 
 class Rescale(nn.Module):
@@ -288,6 +297,13 @@ class IntAdd(nn.Module):
         terms = [self.multipliers[i].view(view) * (x - z).double() for i, (x, z) in enumerate(zip(inputs, self.zeros))]
         return torch.stack(terms).sum(dim=0)
 
+    def magnitude(self, *inputs: Tensor) -> Tensor:
+        """``sum_i |m_i| |q_i - z_i|``: the size of the terms summed into each accumulator."""
+        view = (-1,) + (1,) * (inputs[0].dim() - 2)
+        terms = [self.multipliers[i].abs().view(view) * (x - z).double().abs()
+                 for i, (x, z) in enumerate(zip(inputs, self.zeros))]
+        return torch.stack(terms).sum(dim=0)
+
     def describe(self) -> str:
         """``sum of 2 (integer multipliers)``."""
         kind = "integer" if _is_integral(self.multipliers) else "float"
@@ -319,7 +335,7 @@ class IntAvgPool2d(nn.Module):
     def output_grid(self, grid: Grid) -> Grid:
         """The grid of the output: unit / window for the sum, unchanged for the average."""
         if not self.window_sum:
-            return grid
+            return replace(grid, integer=False)
         return Grid(grid.unit / self.window, (grid.lo - grid.zero) * self.window, (grid.hi - grid.zero) * self.window,
                     0, grid.range, grid.alpha)
 

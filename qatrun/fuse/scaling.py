@@ -32,9 +32,9 @@ Error bound in output levels (LSB). With the output saturated to [lo, hi], only 
 ``|v| <= max(|lo|, |hi|) + 1`` can differ, so the error of v is at most ``rho (max(|lo|,|hi|) + 1 + |o|)``
 plus the offset's rounding ``2^-(n+1)``; a pre-rounding error e changes the rounded level by at most
 ``floor(e) + 1``. :func:`error_bound_lsb` computes this per channel from the actual M, n;
-:func:`mode_bound_lsb` gives the worst case over all scales (with ``|o| <= 1/2``), the documented bound:
-0 for Floating-point, 1 for Fixed-point16 and Fixed-point32, 86 for Single-shift and 37 for Double-shift
-at 8-bit outputs. (Fixed-point32 errs in practice only when v falls within 2^-23 of a rounding tie.)
+:func:`mode_bound_lsb` gives the worst case over all scales ``s <= 1`` (so ``|o| <= 1/2``), the documented
+bound: 0 for Floating-point, 1 for Fixed-point16 and Fixed-point32, 87 for Single-shift and 38 for
+Double-shift at 8-bit outputs. (Fixed-point32 errs in practice only when v falls within 2^-23 of a rounding tie.)
 
 Where qatrun differs from N2D2: N2D2 gives both fixed-point modes 16 fractional bits (``M = round(s 2^16)``,
 so an 8-bit layer with s ~ 0.002 gets a 7-bit multiplier and errs by one or two levels); its Single-shift
@@ -245,31 +245,45 @@ def with_mode(p: Requant, mode: str, n2d2: bool = False) -> Requant:
 # Error bounds
 
 
-def error_bound_lsb(p: Requant) -> int:
-    """Largest difference, in output levels, between ``requantize(acc, p)`` and the exact
-    ``sat(round(acc * s + o))``, over every integer accumulator, from the actual M and n.
-
-    0 for Floating-point (float64 rounding is far below a level) and for unquantized outputs.
-    """
+def pre_rounding_error(p: Requant) -> float:
+    """Largest ``|v_mode - v_exact|`` before rounding, over every integer accumulator that can matter
+    (``|acc s| <= max(|lo|, |hi|) + 1 + |o|``; beyond, both saturate), from the actual M and n."""
     if not p.integer:
-        return 0
+        return 0.0
     assert p.multiplier is not None and p.shift is not None
     two_n = torch.pow(2.0, p.shift.double())
     scale_error = (p.scale - p.multiplier.double() / two_n).abs()
     offset_error = (p.offset - torch.round(p.offset * two_n) / two_n).abs()
     reach = max(abs(p.lo), abs(p.hi)) + 1 + p.offset.abs()
-    # Accumulators that matter: |acc s| <= reach; a zero scale channel is exact (M = 0).
-    acc_max = torch.where(p.scale > 0, reach / p.scale.clamp(min=1e-300), 0.0)
+    acc_max = torch.where(p.scale > 0, reach / p.scale.clamp(min=1e-300), 0.0)  # a zero scale is exact (M = 0)
     error = acc_max * scale_error + offset_error
-    worst = float(error.max()) if error.numel() else 0.0
-    return 0 if worst == 0 else math.floor(worst) + 1
+    return float(error.max()) if error.numel() else 0.0
+
+
+def error_bound_lsb(p: Requant, extra: float = 0.0) -> int:
+    """Largest difference, in output levels, between ``requantize(acc, p)`` and the exact
+    ``sat(round(acc * s + o))`` over every integer accumulator: ``floor(e) + 1`` for a pre-rounding
+    error e > 0 (:func:`pre_rounding_error`, plus ``extra`` from upstream approximations), else 0.
+
+    0 for Floating-point (float64 rounding is far below a level) and for unquantized outputs.
+    """
+    error = pre_rounding_error(p) + extra
+    return 0 if error == 0 else math.floor(error) + 1
 
 
 def mode_bound_lsb(mode: str, hi: int) -> int:
-    """The documented worst case of a mode for outputs in [0, hi]: ``floor(rho (hi + 1.5)) + 1``
-    (``|o| <= 1/2``), 0 for Floating-point."""
+    """The documented worst case of a mode for outputs in [0, hi] and scales ``s <= 1``, 0 for Floating-point.
+
+    ``floor(rho (hi + 3/2) + d) + 1``: ``|o| <= s/2 <= 1/2``, and d the offset's rounding, ``2^-15`` for the
+    fixed-point modes (``n >= 14`` when ``s <= 1``), 1/2 for the shift modes (``n`` may be 0). Every
+    layer of a network whose consecutive activation grids are alike has ``s <= 1``; otherwise
+    :func:`error_bound_lsb` gives the bound.
+    """
     rho = RELATIVE_ERROR[mode]
-    return 0 if rho == 0 else math.floor(rho * (hi + 1.5)) + 1
+    if rho == 0:
+        return 0
+    offset_rounding = 2.0**-15 if mode in FIXED_BITS else 0.5
+    return math.floor(rho * (hi + 1.5) + offset_rounding) + 1
 
 
 def product_fits(p: Requant, acc_bound: float) -> bool:

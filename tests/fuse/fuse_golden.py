@@ -18,7 +18,8 @@ from torch.nn import functional as F
 
 from qatrun.fuse.integerize import ActQuant, WeightQuant, sat_act
 
-GOLDEN = Path(os.environ.get("QATRUN_SHARED", Path(__file__).resolve().parents[3] / "shared")) / "golden" / "n2d2-lenet-8b"
+SHARED = Path(os.environ.get("QATRUN_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+GOLDEN = SHARED / "golden" / "n2d2-lenet-8b"
 SHAPES = {"conv1": (6, 1, 5, 5), "conv2": (16, 6, 5, 5), "conv3": (120, 16, 5, 5), "fc1": (84, 120), "fc2": (10, 84)}
 ACTIVATED = ("bn1", "bn2", "bn3", "fc1", "fc2")
 # N2D2's fused output names (the Conv now outputs levels) -> the source module each one replaces.

@@ -174,3 +174,27 @@ def test_verify_on_golden_images(fused: dict) -> None:
 
 def test_input_grid_is_n2d2s() -> None:
     assert (INPUT_GRID.range, INPUT_GRID.alpha, INPUT_GRID.lo, INPUT_GRID.hi) == (255, 1.0, 0, 255)
+
+
+def mnist_test_images(count: int) -> tuple[Tensor, Tensor]:
+    """The first MNIST t10k images padded 28 -> 32 with zeros, as p / 255, and their labels."""
+    import gzip
+
+    folder = Path(__file__).resolve().parents[2] / "qatrun" / "data" / "mnist"
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz") as images:
+        pixels = np.frombuffer(images.read(), np.uint8, offset=16)[: count * 784].reshape(count, 1, 28, 28)
+    with gzip.open(folder / "t10k-labels-idx1-ubyte.gz") as labels:
+        targets = np.frombuffer(labels.read(), np.uint8, offset=8)[:count]
+    padded = np.pad(pixels, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    return torch.from_numpy(padded).float() / 255, torch.from_numpy(targets.astype(np.int64))
+
+
+def test_exact_flavour_on_real_mnist_images(fused: dict) -> None:
+    x, labels = mnist_test_images(200)
+    int_gm, report = fused["exact"]
+    result = verify(golden.lenet(), int_gm, report, [(x[:100], labels[:100]), (x[100:], labels[100:])])
+    assert result.ok and result.samples == 200, str(result)
+    assert result.differing_predictions == 0
+    with torch.no_grad():
+        accuracy = float((int_gm(x).argmax(dim=1) == labels).float().mean())
+    assert accuracy > 0.97  # padded rather than resized as in training, still recognised
