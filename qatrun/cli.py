@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-set", action="append", default=[], metavar="'[S]Key=V'",
                    help="override an INI value (repeatable), e.g. -set '[conv1]NbOutputs=32' or -set '$LR=0.1'")
     g.add_argument("-seed", type=int, default=0, help="random seed; 0 = time-based, written to seed.dat [0]")
-    g.add_argument("-dev", type=int, default=-1, help="CUDA device; -1 = CPU [-1]")
+    g.add_argument("-dev", type=int, default=None, help="CUDA device; -1 = CPU [the first GPU, else the CPU]")
     g.add_argument("-debug", action="store_true", help="show a traceback on errors")
     t = p.add_argument_group("learning")
     t.add_argument("-learn", type=int, default=0, metavar="N", help="learn on N stimuli")
