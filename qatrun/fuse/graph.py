@@ -17,6 +17,7 @@ AvgPool2d                                                   exact: the window su
                                                             n2d2: the average, as N2D2 computes it
 Identity, Dropout, Softmax with loss                        nothing (the value passes through)
 Flatten, Reshape, Permute, flatten/view/reshape calls       the same operation on the integers
+``torch.cat`` of inputs on one grid, ``F.pad`` crops        the same operation on the integers
 =========================================================== ================================================
 
 Anything else (a non-linear activation without quantizer, a BatchNorm that follows no layer, an
@@ -29,10 +30,11 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import fx, nn
+from torch.nn import functional as F
 
 from qatrun.errors import RunError
 from qatrun.fuse.fold import BATCHNORMS
@@ -56,7 +58,7 @@ from qatrun.net.layers import ElemWise, Permute, Reshape, Softmax
 PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
 SHAPE_MODULES = (nn.Flatten, Reshape, Permute)
 SHAPE_FUNCTIONS: set[Callable[..., object]] = {torch.flatten, torch.reshape, operator.getitem}
-SHAPE_METHODS = {"flatten", "view", "reshape", "contiguous", "squeeze", "unsqueeze", "permute", "size"}
+SHAPE_METHODS = {"flatten", "view", "reshape", "contiguous", "squeeze", "unsqueeze", "permute", "size", "detach"}
 ADD_FUNCTIONS: set[Callable[..., object]] = {operator.add, torch.add}
 INPUT_MODULE = "input_int"
 
@@ -339,6 +341,28 @@ class _Builder:
         first = node.args[0] if node.args else None
         self.grids[node] = self.grids.get(first) if isinstance(first, fx.Node) else None
 
+    def concat(self, node: fx.Node) -> None:
+        """Channel concatenation of levels on one grid (N2D2's multi-input cells)."""
+        parts = node.args[0]
+        assert isinstance(parts, (list, tuple))
+        grids = [self._grid(part, node.name) for part in parts]  # type: ignore[arg-type]
+        if any((g.unit, g.zero, g.integer) != (grids[0].unit, grids[0].zero, grids[0].integer) for g in grids):
+            raise RunError(f"{node.name}: concatenated inputs have different activation grids "
+                           f"({', '.join(f'unit {g.unit:.6g} zero {g.zero}' for g in grids)}); give them one quantizer")
+        self.env[node] = self.graph.node_copy(node, lambda n: self.env[n])
+        self.grids[node] = replace(grids[0], lo=min(g.lo for g in grids), hi=max(g.hi for g in grids))
+
+    def pad(self, node: fx.Node) -> None:
+        """A crop (negative padding), or zero padding of levels whose zero point is 0."""
+        grid = self._grid(node.args[0], node.name)  # type: ignore[arg-type]
+        pads = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad", ())
+        mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+        value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else None)
+        grows = any(p > 0 for p in pads)  # type: ignore[union-attr]
+        if grows and (mode != "constant" or value not in (None, 0) or grid.zero != 0):
+            raise RunError(f"{node.name}: padding with anything but real zeros has no integer form")
+        self.same_op(node)
+
     def passthrough(self, node: fx.Node) -> None:
         source = node.args[0]
         assert isinstance(source, fx.Node)
@@ -364,12 +388,18 @@ class _Builder:
             node.op == "call_method" and node.target in SHAPE_METHODS
         ):
             self.same_op(node)
+        elif node.op == "call_function" and node.target is torch.cat:
+            self.concat(node)
+        elif node.op == "call_function" and node.target is F.pad:
+            self.pad(node)
         else:
             raise RunError(f"{node.name}: {node.op} {node.target} has no integer form")
 
     def visit_module(self, node: fx.Node, module: nn.Module) -> None:
         name = _module_name(node)
-        if isinstance(module, (nn.Conv2d, nn.Linear, nn.ConvTranspose2d)):
+        if isinstance(module, nn.ConvTranspose2d):
+            raise RunError(f"{name}: transposed convolutions have no integer form in qatrun yet")
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
             self.weight_layer(node, module)
         elif isinstance(module, ElemWise):
             if module.op != "Sum":

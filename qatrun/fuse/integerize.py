@@ -25,8 +25,10 @@ Two flavours (``FuseOptions.flavour``):
   ``sum (2k - R) q = 2 sum k q - R sum q``: ``weight_codes="unsigned"``), splits ``b'`` into an integer
   bias ``B = rint(b')`` and a sub-LSB offset ``o = s (b' - B)`` kept by the rescale, and saturates to the
   activation quantizer's own range (``[0, R]`` after an Fc too). With Floating-point rescaling the integer
-  network then computes what the fake-quantized one computes, level for level; the other rescaling modes
-  err by at most the bound of :mod:`qatrun.fuse.scaling`. The round modes have nothing left to round
+  network then computes what the fake-quantized one computes, level for level, exactly where the fake
+  network computes in float32 (a value within float32 rounding of a tie ``k + 1/2`` may go either way
+  there; :mod:`qatrun.fuse.verify` tells those apart); the other rescaling modes err by at most the
+  bound of :mod:`qatrun.fuse.scaling`. The round modes have nothing left to round
   (every weight and bias is an integer already) and are ignored.
 * ``n2d2`` reproduces N2D2's ``DeepNetQAT`` (reference/n2d2.md §6.2) value for value, float32 storage
   included, so that ``weights_quantized/`` matches N2D2's files: ``W' = rho_w(Wq K_w)`` with
@@ -38,9 +40,10 @@ Two flavours (``FuseOptions.flavour``):
 Where qatrun differs from N2D2, and why (measured on golden/n2d2-lenet-8b): N2D2's RINTF weights
 ``rint(127 (2k-255)/255)`` only approximate the levels (conv1 outputs differ by one level on 172 of 4704
 values, conv2/conv3 by up to 3-4), and its Fc outputs stop at 127 (the winning logit 255 -> 127); a
-BatchNorm with ``var <= 1e-12`` gets ``f = 0`` (output 0) although ``gamma / sqrt(eps)`` is finite;
-Conv with ``ApplyScaling=1`` is mis-scaled by S. The exact flavour has none of these, and handles a Conv
-or Fc followed directly by an activation quantizer (no BatchNorm), which N2D2 leaves unconverted.
+BatchNorm with ``var <= 1e-12`` gets ``f = 0`` (output 0) although ``gamma / sqrt(eps)`` is finite; a
+Conv with ``ApplyScaling=1`` under RINTF rounds ``K_w L / S`` rather than levels. The exact flavour has
+none of these, and handles a Conv or Fc followed directly by an activation quantizer (no BatchNorm),
+residual sums and zero points, which N2D2 leaves unconverted.
 """
 
 from __future__ import annotations
@@ -150,6 +153,8 @@ class ActQuant:
     def __post_init__(self) -> None:
         assert self.rounding in ROUNDINGS, self.rounding
         assert self.lo <= self.zero <= self.hi or self.lo == self.hi, (self.lo, self.zero, self.hi)
+        if not self.unit > 0:
+            raise RunError(f"an activation quantizer with step {self.unit} (alpha {self.alpha}) has no levels")
 
 
 def sat_act(alpha: float, steps: int) -> ActQuant:

@@ -46,8 +46,6 @@ class DefaultReader:
     def weight(self, module: nn.Module, name: str) -> WeightQuant | None:
         if not isinstance(module, QuantizedWeightLayer):
             return None
-        if isinstance(module, nn.ConvTranspose2d):
-            raise RunError(f"{name}: transposed convolutions have no integer form in qatrun yet")
         quantizer = module.weight_quantizer
         spec = quantizer.spec  # type: ignore[attr-defined]
         with torch.no_grad():

@@ -157,8 +157,10 @@ def _to_levels(value: Tensor, grid: Grid | None, unit: float) -> Tensor:
     return (torch.round(levels) if grid.integer else levels) + grid.zero
 
 
-def _predictions(output: Tensor) -> Tensor:
-    return output.argmax(dim=1) if output.dim() > 1 else output
+def _predictions(output: Tensor | tuple[Tensor, ...]) -> Tensor:
+    """Argmax over channels, of every target output (a network with several targets returns a tuple)."""
+    outputs = output if isinstance(output, (tuple, list)) else (output,)
+    return torch.cat([(o.argmax(dim=1) if o.dim() > 1 else o).flatten() for o in outputs])
 
 
 def _rescale_error(rescale: Rescale, acc: Tensor, out: Tensor) -> int:

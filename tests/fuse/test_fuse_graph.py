@@ -259,3 +259,67 @@ def test_float64_accumulation_equals_int64_convolution() -> None:
     conv = IntConv2d(weight, torch.zeros(8), padding=(2, 2))
     reference = torch.nn.functional.conv2d(x, weight, padding=2)  # int64 on the CPU
     assert torch.equal(conv(x), reference.double())
+
+
+class Branches(nn.Module):
+    """Two quantized branches concatenated (one grid, or two), then a crop."""
+
+    def __init__(self, alphas: tuple[float, float]) -> None:
+        super().__init__()
+        self.a = sat_conv(nn.Conv2d(1, 2, 3, padding=1))
+        self.a_act = sat_act(alphas[0], 15)
+        self.b = sat_conv(nn.Conv2d(1, 3, 3, padding=1))
+        self.b_act = sat_act(alphas[1], 15)
+        self.c = sat_conv(nn.Conv2d(5, 2, 3))
+        self.c_act = sat_act(1.0, 15)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = torch.cat([self.a_act(self.a(x)), self.b_act(self.b(x))], 1)
+        return self.c_act(self.c(torch.nn.functional.pad(y, (-1, 0, 0, -1))))
+
+
+def test_concatenation_on_one_grid_and_crop() -> None:
+    gm = fuse_golden.trace(Branches((2.0, 2.0)).eval())
+    int_gm, report = integerize(gm)
+    result = verify(gm, int_gm, report, [images(torch.Generator().manual_seed(9), 8)])
+    assert result.ok and all(layer.differing == 0 for layer in result.layers), str(result)
+    with pytest.raises(RunError, match="concatenated inputs have different activation grids"):
+        integerize(fuse_golden.trace(Branches((2.0, 3.0)).eval()))
+
+
+def test_quant_modules_built_from_the_golden_ini() -> None:
+    """The whole path: qatrun.net builds the INI, qatrun.quant prepares it, fusion reads it (DefaultReader)."""
+    from qatrun import ini, net, quant
+
+    doc = ini.load(str(fuse_golden.GOLDEN / "LeNet-bn-SAT-8b.ini"))
+    gm = net.build(doc, (1, 32, 32))
+    plans = {net.module_name(s.name): plan for s in doc.sections()
+             if s.has("Input") and (plan := quant.plan_for(s, doc.params(s)))}
+    quant.prepare(gm, plans)
+    with torch.no_grad():
+        for cell, shape in fuse_golden.SHAPES.items():
+            weights = fuse_golden.values(f"weights_8b_SAT/{cell}_weights.syntxt")
+            getattr(gm, cell).weight.copy_(torch.from_numpy(weights).reshape(shape))
+        for bn in ("bn1", "bn2", "bn3"):
+            for attr, role in (("weight", "scales"), ("bias", "biases"), ("running_mean", "means"),
+                               ("running_var", "variances")):
+                getattr(getattr(gm, bn), attr).copy_(
+                    torch.from_numpy(fuse_golden.values(f"weights_8b_SAT/{bn}_{role}.syntxt")))
+        for cell in fuse_golden.ACTIVATED:
+            getattr(gm, f"{cell}_act").quantizer.alpha.fill_(fuse_golden.alpha(cell))
+    gm.eval()
+    rounding = "RINTF"
+    int_gm, report = integerize(gm, FuseOptions("n2d2", "Floating-point", rounding, rounding, rounding))
+    outputs: dict[str, Tensor] = {}
+    for name in fuse_golden.FUSED_OUTPUTS.values():
+        int_gm.get_submodule(name).register_forward_hook(lambda m, a, out, name=name: outputs.__setitem__(name, out))
+    for index in (0, 1):
+        pixels = torch.from_numpy(fuse_golden.stimulus("fused_RINTF", index, "env")).reshape(1, 1, 32, 32)
+        with torch.no_grad():
+            int_gm(pixels.float() / 255)
+        for logged, module in fuse_golden.FUSED_OUTPUTS.items():
+            mine = outputs[module].flatten().double().numpy()
+            assert (mine == fuse_golden.stimulus("fused_RINTF", index, logged, mine.size)).all(), logged
+    exact_gm, exact_report = integerize(gm)
+    result = verify(gm, exact_gm, exact_report, [fuse_golden.golden_inputs()])
+    assert result.ok and all(layer.differing == 0 for layer in result.layers), str(result)
