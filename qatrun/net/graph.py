@@ -89,11 +89,15 @@ class Cell:
         act_module: the activation module ``<module>_act``, or None.
         inputs: the ``Input=`` names.
         out_shape: (C, H, W) of its output.
-        section: the layer section.
+        section: the layer section; for a cell imported from ONNX, its override section (the one named
+            after the node's output, else ``[<onnx>:<Kind>_def]``), or None when it has none.
         in_shape: (C, H, W) the module receives (inputs concatenated; before the flatten of an Fc).
         activation: the activation function name, or None.
         macs: multiply-accumulates per image.
         params: the cell parameters read from the ConfigSection.
+        act_section: the section holding the activation's settings (``ActivationFunction``, ``QAct*``)
+            when it is not ``section``: for an imported cell, the section named after the Relu merged
+            into it (onnx_import.py). ``QAct*`` are read from ``act_section or section``.
     """
 
     name: str
@@ -102,11 +106,12 @@ class Cell:
     act_module: nn.Module | None
     inputs: tuple[str, ...]
     out_shape: Shape
-    section: Section
+    section: Section | None
     in_shape: Shape = (0, 0, 0)
     activation: str | None = None
     macs: int = 0
     params: dict[str, object] = field(default_factory=dict)
+    act_section: Section | None = None
 
     def __deepcopy__(self, memo: dict[int, object]) -> Cell:
         # The modules are state and are copied (with the GraphModule holding them); the section is
@@ -391,7 +396,11 @@ def _targets(doc: Document, order: list[str], cells: dict[str, Cell]) -> list[Ta
                 None, f"target section of '{owner}', which is not a layer section{_did_you_mean(owner, list(cells))}"
             )
     if not targets:
-        raise ConfigError(MISSING_TARGET, Location(doc.path))
+        last = list(cells)[-1] if cells else None
+        if last is None:
+            raise ConfigError(MISSING_TARGET, Location(doc.path))
+        section = cells[last].section
+        raise section.error(None, f"{MISSING_TARGET}: the network output [{last}] needs a [{last}.Target] section")
     return targets
 
 
@@ -415,13 +424,23 @@ def build(doc: Document, input_shape: tuple[int, int, int]) -> fx.GraphModule:
     layer_sections = {s.name: s for s in doc.sections() if s.has(INPUT.name) and s.template is None}
     for section in layer_sections.values():
         section.mark_used()
-    parents = {name: _read_inputs(section, set(layer_sections)) for name, section in layer_sections.items()}
-    order = _order(layer_sections, parents)
+    from qatrun.net import onnx_import  # here: onnx_import builds on this module's classes
+
+    imports = onnx_import.load_files(layer_sections)  # Type=ONNX sections
+    provided = onnx_import.provided_names(imports, layer_sections)
+    names = set(layer_sections) | set(provided)
+    parents = {name: _read_inputs(section, names) for name, section in layer_sections.items()}
+    order = _order(layer_sections, onnx_import.ordering(parents, provided))
     builder = _GraphBuilder(tuple(input_shape))
     cells: dict[str, Cell] = {}
     for name in order:
-        cells[name] = _build_cell(doc, layer_sections[name], parents[name], builder)
-    targets = _targets(doc, order, cells)
+        if name in imports:
+            cells.update(onnx_import.import_graph(doc, imports[name], builder, parents[name]))
+            continue
+        inputs = onnx_import.data_inputs(layer_sections[name], parents[name], imports)
+        cells[name] = _build_cell(doc, layer_sections[name], inputs, builder)
+    onnx_import.check_overrides(doc, list(imports.values()), layer_sections)
+    targets = _targets(doc, list(cells), cells)
     outputs = [builder.values[target.cell].node for target in targets]
     builder.graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))
     gm = fx.GraphModule(builder.root, builder.graph, class_name="QatrunNet")

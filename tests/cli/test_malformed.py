@@ -17,8 +17,8 @@ HEAD = """\
 [database]
 Type=MNIST_IDX_Database
 [sp]
-SizeX=32
-SizeY=32
+SizeX=28
+SizeY=28
 BatchSize=16
 """
 
@@ -88,7 +88,7 @@ CASES: list[tuple[str, str, str]] = [
     ("no-target", VALID.replace("[softmax.Target]\n", "").replace("[softmax]\n", "[softmax] ; <-- here\n"),
      r"[Tt]arget"),
     ("unknown-database", _edit("Type=MNIST_IDX_Database", "Type=MNIST_Database ; <-- here"), r"MNIST_Database"),
-    ("sp-missing-size", _edit("[sp]\nSizeX=32\n", "[sp] ; <-- here\n"), r"SizeX"),
+    ("sp-missing-size", _edit("[sp]\nSizeX=28\n", "[sp] ; <-- here\n"), r"SizeX"),
     ("bn-channel-mismatch", _edit("[pool1]", "[bn1]\nInput=conv1\nType=BatchNorm\nNbOutputs=7 ; <-- here\n[pool1]"),
      r"NbOutputs.*7|7.*6"),
     ("kernel-too-large", _edit("KernelWidth=5", "KernelWidth=40 ; <-- here"), r"output|size|larger"),

@@ -204,7 +204,8 @@ def test_malformed_layer_section(build_error, text, shape, message) -> None:
 # Errors about the graph as a whole (no target appended).
 GRAPH_CASES = [
     ("no-target", "[a]\nInput=sp\nType=Activation\nNbOutputs=1\n",
-     "test.ini: Missing target cell (no [*.Target] section found)"),
+     "test.ini:1: [a] Missing target cell (no [*.Target] section found): the network output [a] needs a "
+     "[a.Target] section"),
     ("target-of-no-layer", "[softmax]\nInput=sp\nType=Softmax\nNbOutputs=1\n[softmax.Target]\n[sofmax.Target-Top5]\n",
      "test.ini:6: [sofmax.Target-Top5] target section of 'sofmax', which is not a layer section (did you mean "
      "'softmax'?)"),
