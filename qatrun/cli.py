@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-qat-fuse", "-qat-sat", dest="qat_fuse", action="store_true",
                    help="fuse the quantized network into an integer-only one, verify it, test it")
     q.add_argument("-fuse", action="store_true", help="fold BatchNorm (float); means -qat-fuse with quantizers")
+    q.add_argument("-fuse-flavour", choices=("exact", "n2d2"), default="exact",
+                   help="exact: the integer network computes what was trained [exact]; n2d2: N2D2's own "
+                        "fusion, with its rounding modes and its 8-bit Fc saturation")
     q.add_argument("-wt-round-mode", choices=ROUND_MODES, default="NONE", help="weights rounding [NONE]")
     q.add_argument("-b-round-mode", choices=ROUND_MODES, default="NONE", help="biases rounding [NONE]")
     q.add_argument("-c-round-mode", choices=ROUND_MODES, default="NONE", help="clips rounding [NONE]")

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qatrun import __version__, data, ini, net, quant, train
+from qatrun import __version__, data, fuse, ini, net, quant, train
 from qatrun.errors import ConfigError, DataError, QatrunError, RunError
 
 
@@ -359,8 +359,56 @@ def run(args: argparse.Namespace) -> int:
     if metrics is not None:
         for line in metrics.test_lines():
             _say(line)
-    if args.qat_fuse or args.fuse or args.export or args.test_onnx:
-        raise RunError("fusion and export are not available in this build yet")
+    status = 0
+    if args.qat_fuse or (args.fuse and network.plans):
+        status = _fuse_integer(network, args, provider, out_dir)
+    elif args.fuse:
+        folded, pairs = fuse.fold_batchnorm(gm)
+        _say(f"BatchNorm folded into {len(pairs)} layer(s)")
+        if args.test:
+            for line in train.test(folded, provider.loader("Test", False)).test_lines():
+                _say(line)
+    if args.export or args.test_onnx:
+        raise RunError("export is not available in this build yet")
+    return status
+
+
+class _AsFloat(nn.Module):
+    """The integer network's outputs (levels, int64) as float64 scores for the metrics."""
+
+    def __init__(self, int_gm: nn.Module) -> None:
+        super().__init__()
+        self.int_gm = int_gm
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.int_gm(x).double()
+
+
+def _fuse_integer(network: Network, args: argparse.Namespace, provider: data.Provider, out_dir: Path) -> int:
+    """``-qat-fuse``: integer-only network, verified against the fake-quantized one on the Test partition."""
+    options = fuse.FuseOptions(
+        flavour=args.fuse_flavour, rescaling=args.act_rescaling_mode, weights_rounding=args.wt_round_mode,
+        biases_rounding=args.b_round_mode, clips_rounding=args.c_round_mode,
+    )
+    gm = network.gm
+    gm.eval()
+    int_gm, report = fuse.integerize(gm, options)
+    _say("Integer-only network:")
+    _say(report.summary())
+    folder = fuse.write_weights_quantized(out_dir / "weights_quantized", report)
+    _say(f"    '{folder}' saved!")
+    result = fuse.verify(gm, int_gm, report, provider.loader("Test", False))
+    text = str(result)
+    _say(text)
+    (out_dir / "fusion_report.txt").write_text(text + "\n\n" + report.summary() + "\n")
+    if args.test:
+        metrics = train.test(_AsFloat(int_gm), provider.loader("Test", False))
+        for line in metrics.test_lines():
+            _say(line)
+    if not result.ok:
+        print("error: the integer network does not compute what the fake-quantized network computes "
+              "within the bound of the rescaling mode (see fusion_report.txt)", file=sys.stderr)
+        return 3
     return 0
 
 
