@@ -399,8 +399,11 @@ def _targets(doc: Document, order: list[str], cells: dict[str, Cell]) -> list[Ta
         last = list(cells)[-1] if cells else None
         if last is None:
             raise ConfigError(MISSING_TARGET, Location(doc.path))
+        message = f"{MISSING_TARGET}: the network output [{last}] needs a [{last}.Target] section"
         section = cells[last].section
-        raise section.error(None, f"{MISSING_TARGET}: the network output [{last}] needs a [{last}.Target] section")
+        if section is None:  # a cell imported from ONNX without an override section
+            raise ConfigError(message, Location(doc.path))
+        raise section.error(None, message)
     return targets
 
 
