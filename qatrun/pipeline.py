@@ -8,6 +8,7 @@ data is loaded or any time is spent.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import sys
@@ -51,7 +52,7 @@ def build_network(ini_path: str, overrides: list[str]) -> Network:
     gm = net.build(doc, spec.input_shape)
     plans = {}
     for cell in gm.cells.values():
-        plan = quant.plan_for(cell.section, doc.params(cell.section))
+        plan = _quant_plan(doc, cell)
         if plan is not None:
             plans[net.module_name(cell.name)] = plan
     gm = quant.prepare(gm, plans)
@@ -69,6 +70,21 @@ def build_network(ini_path: str, overrides: list[str]) -> Network:
                             f"found ({missing_data})", err.location, err.section, err.key) from err
         raise
     return network
+
+
+def _quant_plan(doc: ini.Document, cell: net.Cell) -> quant.QuantPlan | None:
+    """A cell's quantizers: ``QWeight*`` from its section, ``QAct*`` from the section of its activation.
+
+    The two differ for an imported ONNX cell whose ReLU has a section of its own (N2D2's override rule).
+    """
+    weights = quant.plan_for(cell.section, doc.params(cell.section)) if cell.section is not None else None
+    act_section = getattr(cell, "act_section", None)
+    if act_section is None:
+        return weights
+    act = quant.plan_for(act_section, doc.params(act_section))
+    if act is None or act.act is None:
+        return weights
+    return dataclasses.replace(weights, act=act.act, act_solver=act.act_solver) if weights is not None else act
 
 
 # Parameter roles of each cell type: the attribute of the module and the INI solver that updates it.
@@ -91,9 +107,11 @@ def solver_triples(network: Network) -> list[tuple[str, nn.Parameter, train.Solv
     for cell in gm.cells.values():
         name = net.module_name(cell.name)
         module = gm.get_submodule(name)
-        params = doc.params(cell.section)
+        params = doc.params(cell.section) if cell.section is not None else None
         for attr, role in _ROLES.get(cell.type, ()):
-            config = train.SolverConfig.from_params(cell.section, params, role)
+            # An imported cell without an override section takes N2D2's default solver.
+            config = train.SolverConfig.from_params(cell.section, params, role) if params is not None \
+                else train.SolverConfig()
             tensor = getattr(module, attr, None)
             if isinstance(tensor, nn.Parameter):
                 triples.append((f"{cell.name}.{attr}", tensor, config))
@@ -279,15 +297,38 @@ def _device(dev: int | None) -> torch.device:
 
 
 def _seed(args: argparse.Namespace, out_dir: Path, learning: bool) -> int:
-    """``-seed``: 0 means time-based, except that a run that does not learn re-reads ``seed.dat`` (N2D2)."""
+    """``-seed``: 0 means time-based, except that a run that does not learn re-reads ``seed.dat`` (N2D2).
+
+    Under torchrun every process takes rank 0's seed, so that all build the same network and data order.
+    """
     seed_file = out_dir / "seed.dat"
     if args.seed:
-        return args.seed
-    if not learning and seed_file.is_file():
-        text = seed_file.read_text().strip()
-        if text.isdigit():
-            return int(text)
-    return int(time.time()) % 2**31 or 1
+        seed = args.seed
+    elif not learning and seed_file.is_file() and seed_file.read_text().strip().isdigit():
+        seed = int(seed_file.read_text().strip())
+    else:
+        seed = int(time.time()) % 2**31 or 1
+    if torch.distributed.is_initialized():
+        shared = torch.tensor([seed], dtype=torch.int64)
+        torch.distributed.broadcast(shared, src=0)
+        seed = int(shared.item())
+    return seed
+
+
+def _init_distributed(device: torch.device) -> torch.device:
+    """Joins the process group when started by torchrun (``WORLD_SIZE`` > 1): gloo on CPU, NCCL on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or torch.distributed.is_initialized():
+        return device
+    if device.type == "cuda":
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
+        torch.cuda.set_device(device)
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
 def _record_run(network: Network, args: argparse.Namespace, seed: int, out_dir: Path) -> None:
@@ -305,7 +346,9 @@ def _record_run(network: Network, args: argparse.Namespace, seed: int, out_dir: 
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    """Console output; under torchrun, rank 0 alone speaks."""
+    if _rank() == 0:
+        print(line, flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -313,24 +356,36 @@ def run(args: argparse.Namespace) -> int:
     learning = bool(args.learn or args.learn_epoch)
     acting = learning or args.test or args.qat_fuse or args.fuse or args.export or args.test_onnx
     out_dir = Path(".")
+    if not acting:
+        network = build_network(args.ini, args.set)
+        network.doc.check_strict()
+        print(format_summary(network))
+        return 0
+    device = _init_distributed(_device(args.dev))
+    try:
+        return _act(args, out_dir, device, learning)
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+def _act(args: argparse.Namespace, out_dir: Path, device: torch.device, learning: bool) -> int:
+    """Learning, testing, fusion and export (the run once the network is known to be well described)."""
     seed = _seed(args, out_dir, learning)
     torch.manual_seed(seed)  # fillers draw from the global generator
     network = build_network(args.ini, args.set)
     network.doc.check_strict()
-    if not acting:
-        print(format_summary(network))
-        return 0
     if len(network.gm.targets) != 1:
         raise ConfigError(f"qatrun learns and tests one target; the network has {len(network.gm.targets)}",
                           network.gm.targets[-1].section.location)
-    device = _device(args.dev)
     _say(format_summary(network))
     _say(f"Using seed {seed} on {device}")
     provider = network.spec.open(seed)
     for part in ("Learn", "Validation", "Test"):
         _say(f"{'Learning' if part == 'Learn' else 'Testing' if part == 'Test' else part} database size: "
              f"{provider.size(part)} images")
-    _record_run(network, args, seed, out_dir)
+    if _rank() == 0:
+        _record_run(network, args, seed, out_dir)
     gm = network.gm.to(device)
     io = NetworkIO(network, ignore_missing=True)
     if args.w and args.w != "/dev/null":
@@ -360,6 +415,8 @@ def run(args: argparse.Namespace) -> int:
         for line in metrics.test_lines():
             _say(line)
     status = 0
+    if _rank() != 0:
+        return status  # fusion, verification and export run once, on rank 0
     if args.qat_fuse or (args.fuse and network.plans):
         status = _fuse_integer(network, args, provider, out_dir)
     elif args.fuse:
