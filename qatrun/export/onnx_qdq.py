@@ -164,6 +164,8 @@ class QdqWriter:
         self.g = OnnxGraph("qatrun_qdq" if quantized else "qatrun_float", OPSET if quantized else 13)
         self.env: dict[fx.Node, str] = {}
         self.notes: list[str] = []
+        self.activations: dict[str, tuple[str, float]] = {}  # fx node name -> (its DQ output, its scale)
+        self.size = 0
 
     # ------------------------------------------------------------------------------------ constants
 
@@ -254,7 +256,9 @@ class QdqWriter:
         zero_name = self.g.fresh(f"{name}_zero")
         self.g.initializers.append(int_tensor(zero_name, np.array(zero), elem))
         q = self.g.op("QuantizeLinear", [clipped, scale_name, zero_name], f"{name}_q")
-        return self.g.op("DequantizeLinear", [q, scale_name, zero_name], name)
+        out = self.g.op("DequantizeLinear", [q, scale_name, zero_name], name)
+        self.activations[node.name] = (out, float(np.float32(scale)))
+        return out
 
     def activation(self, node: fx.Node, m: nn.Module, x: str, name: str | None = None) -> str:
         """A float activation function (its output named ``name``, by default the module's name)."""
@@ -456,7 +460,7 @@ class QdqWriter:
         return self.g.save(path, doc=f"qatrun {kind}")
 
 
-def export_qdq(gm: fx.GraphModule, path: str | Path, sample: Tensor) -> tuple[int, list[str]]:
+def export_qdq(gm: fx.GraphModule, path: str | Path, sample: Tensor) -> QdqWriter:
     """Writes the fake-quantized network as QDQ ONNX (opset 21).
 
     Args:
@@ -465,10 +469,12 @@ def export_qdq(gm: fx.GraphModule, path: str | Path, sample: Tensor) -> tuple[in
         sample: an input batch, for the tensor shapes.
 
     Returns:
-        ``(file size in bytes, notes)``: the notes name layers written without a grid.
+        The writer: ``size`` (file bytes), ``notes`` (layers written without a grid) and ``activations``
+        (each quantized activation's ONNX value and scale, for the layer-by-layer check).
 
     Raises:
         RunError: a module without an ONNX form in this writer (the message names it).
     """
     writer = QdqWriter(gm, sample.detach().cpu(), quantized=True)
-    return writer.write(path), writer.notes
+    writer.size = writer.write(path)
+    return writer
