@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from qatrun import __version__, data, fuse, ini, net, quant, train
+from qatrun import __version__, data, export, fuse, ini, net, quant, train
 from qatrun.errors import ConfigError, DataError, QatrunError, RunError
 
 
@@ -417,17 +417,60 @@ def _act(args: argparse.Namespace, out_dir: Path, device: torch.device, learning
     status = 0
     if _rank() != 0:
         return status  # fusion, verification and export run once, on rank 0
-    if args.qat_fuse or (args.fuse and network.plans):
-        status = _fuse_integer(network, args, provider, out_dir)
+    int_gm = None
+    if args.qat_fuse or (args.fuse and network.plans) or "onnx-int" in args.export:
+        if not network.plans:
+            raise RunError("-qat-fuse and -export onnx-int need a quantized network (QWeight= / QAct= in the INI); "
+                           "-fuse folds BatchNorm of a float network")
+        status, int_gm = _fuse_integer(network, args, provider, out_dir)
     elif args.fuse:
         folded, pairs = fuse.fold_batchnorm(gm)
         _say(f"BatchNorm folded into {len(pairs)} layer(s)")
         if args.test:
             for line in train.test(folded, provider.loader("Test", False)).test_lines():
                 _say(line)
-    if args.export or args.test_onnx:
-        raise RunError("export is not available in this build yet")
+    if args.export:
+        status = max(status, _export(network, args, provider, out_dir, int_gm))
+    if args.test_onnx:
+        _test_onnx(Path(args.test_onnx), provider)
     return status
+
+
+def _sample_batch(provider: data.Provider, count: int = 64) -> torch.Tensor:
+    """The first Test images (else Learn), as the exported files' check input."""
+    partition = "Test" if provider.size("Test") else "Learn"
+    x, _ = next(iter(provider.loader(partition, False, batch_size=count)))
+    return x
+
+
+def _export(network: Network, args: argparse.Namespace, provider: data.Provider, out_dir: Path,
+            int_gm: nn.Module | None) -> int:
+    """``-export``: writes each file, runs it in onnxruntime against qatrun's network, reports."""
+    stem = Path(args.ini).stem
+    names = {"onnx": f"{stem}.onnx", "onnx-qdq": f"{stem}-qdq.onnx", "onnx-int": f"{stem}-int.onnx"}
+    if "onnx-qdq" in args.export and not network.plans:
+        raise RunError("-export onnx-qdq needs a quantized network (QWeight= / QAct= in the INI)")
+    sample = _sample_batch(provider)
+    network.gm.eval()
+    status = 0
+    for kind in dict.fromkeys(args.export):
+        report = export.export(kind, network.gm, int_gm, out_dir / names[kind], sample)
+        _say(report.summary())
+        if not report.ok:
+            print(f"error: {names[kind]} does not compute what qatrun computes (see above)", file=sys.stderr)
+            status = 3
+    return status
+
+
+def _test_onnx(path: Path, provider: data.Provider) -> None:
+    """``-test-onnx FILE``: the Test partition through onnxruntime, with the INI's preprocessing."""
+    if not path.is_file():
+        raise DataError(f"-test-onnx: no such file: {path}")
+    model = export.OnnxModule(path)
+    metrics = train.test(model, provider.loader("Test", False))
+    _say(f"Testing '{path}' in onnxruntime:")
+    for line in metrics.test_lines():
+        _say(line)
 
 
 class _AsFloat(nn.Module):
@@ -441,7 +484,8 @@ class _AsFloat(nn.Module):
         return self.int_gm(x).double()
 
 
-def _fuse_integer(network: Network, args: argparse.Namespace, provider: data.Provider, out_dir: Path) -> int:
+def _fuse_integer(network: Network, args: argparse.Namespace, provider: data.Provider, out_dir: Path
+                  ) -> tuple[int, nn.Module]:
     """``-qat-fuse``: integer-only network, verified against the fake-quantized one on the Test partition."""
     options = fuse.FuseOptions(
         flavour=args.fuse_flavour, rescaling=args.act_rescaling_mode, weights_rounding=args.wt_round_mode,
@@ -465,8 +509,8 @@ def _fuse_integer(network: Network, args: argparse.Namespace, provider: data.Pro
     if not result.ok:
         print("error: the integer network does not compute what the fake-quantized network computes "
               "within the bound of the rescaling mode (see fusion_report.txt)", file=sys.stderr)
-        return 3
-    return 0
+        return 3, int_gm
+    return 0, int_gm
 
 
 def _auto_load(io: NetworkIO, provider: data.Provider, out_dir: Path) -> None:
