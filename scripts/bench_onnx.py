@@ -69,7 +69,9 @@ def images(shape: tuple[int, ...], count: int, seed: int) -> torch.Tensor:
 def build(path: Path, overrides: list[str]) -> tuple[fx.GraphModule, tuple[int, int, int]]:
     """The quantized network of an INI, random weights, state from random images, in eval mode."""
     doc = ini.load(str(path), overrides=overrides)
-    shape = data.DataSpec.from_doc(doc).input_shape
+    spec = data.DataSpec.from_doc(doc)
+    spec.inject_epoch_size(1)  # solver schedules may refer to [sp]_EpochSize; nothing here learns or reads data
+    shape = spec.input_shape
     gm = net.build(doc, shape)
     plans = {}
     for cell in gm.cells.values():

@@ -32,9 +32,12 @@ integer accumulator is then the weighted sum of the partial products, in int32 w
 The rescale repeats :func:`qatrun.fuse.scaling.requantize` literally: the accumulator is converted to
 float64 (exact: it is an integer below 2^53), multiplied by the per-channel scale, the offset added (two
 roundings, as torch does; onnxruntime fuses nothing with optimizations off), then rounded half away from
-zero by ``floor(|v|) + (|v| - floor(|v|) >= 1/2)`` with the sign put back (exact: ``|v| - floor(|v|)`` is
-an exact float subtraction), or half to even by ``Round``. For outputs saturated at ``lo >= 0`` the sign
-handling is dropped: every negative value saturates to ``lo`` under either rule.
+zero by ``sign(v) (floor(|v|) + (|v| - floor(|v|) >= 1/2))`` (exact: ``|v| - floor(|v|)`` is an exact
+float subtraction), or half to even by ``Round``. For outputs saturated at ``lo >= 0`` (every SAT and LSQ
+activation) the negative values saturate to ``lo`` under either rule, and round half up is
+``floor(v + pred(1/2))``, ``pred(1/2)`` the float just below 1/2: the sum rounds up to the next integer
+exactly when ``v`` is a tie (checked on every float32 in [0, 2^17) and around every tie below 70,000 in
+float64; a plain ``floor(v + 1/2)`` errs at ``v = pred(1/2)``).
 
 What is not reproduced: ``IntInput`` raises on inputs off the 1/255 grid; the ONNX graph rounds them.
 The n2d2 flavour's float32 weights (not integers without ``-wt-round-mode RINTF``) and its float average
@@ -298,8 +301,9 @@ class IntWriter:
             term = self._as(x, TensorProto.DOUBLE)
             if m.zeros[i]:
                 term = self.g.op("Sub", [term, self.g.const("zero", np.array(float(m.zeros[i])))], f"{name}_c{i}")
-            multiplier = self.g.const(f"{name}_m{i}", self._channel(m.multipliers[i], rank, np.float64))
-            term = self.g.op("Mul", [term, multiplier], f"{name}_t{i}")
+            if bool((m.multipliers[i] != 1).any()):  # x * 1.0 is x exactly
+                multiplier = self.g.const(f"{name}_m{i}", self._channel(m.multipliers[i], rank, np.float64))
+                term = self.g.op("Mul", [term, multiplier], f"{name}_t{i}")
             acc = term if acc is None else self.g.op("Add", [acc, term], f"{name}_sum")
         assert acc is not None
         self.env[node] = Acc(acc, TensorProto.DOUBLE)
@@ -310,14 +314,15 @@ class IntWriter:
         """Rounds to integers exactly as :func:`qatrun.fuse.scaling.round_levels` (see the module note)."""
         if rounding == "half_even":
             return self.g.op("Round", [v], f"{hint}_round")
+        if lo >= 0:  # negative values saturate to lo >= 0 under either rule: round half up suffices
+            below_half = self.g.const("below_half", np.nextafter(np.array(0.5, dtype=dtype), dtype(0)))
+            return self.g.op("Floor", [self.g.op("Add", [v, below_half], f"{hint}_plus")], f"{hint}_round")
         half = self.g.const("half", np.array(0.5, dtype=dtype))
-        magnitude = v if lo >= 0 else self.g.op("Abs", [v], f"{hint}_abs")
+        magnitude = self.g.op("Abs", [v], f"{hint}_abs")
         whole = self.g.op("Floor", [magnitude], f"{hint}_floor")
         frac = self.g.op("Sub", [magnitude, whole], f"{hint}_frac")
         up = self.g.cast(self.g.op("GreaterOrEqual", [frac, half], f"{hint}_tie"), _FLOAT_ELEM[dtype], f"{hint}_up")
         rounded = self.g.op("Add", [whole, up], f"{hint}_rounded")
-        if lo >= 0:  # negative values saturate to lo >= 0 under either rule
-            return rounded
         return self.g.op("Mul", [rounded, self.g.op("Sign", [v], f"{hint}_sign")], f"{hint}_signed")
 
     def rescale(self, node: fx.Node, m: Rescale) -> None:

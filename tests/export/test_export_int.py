@@ -144,6 +144,9 @@ def ramp() -> torch.Tensor:
 HALF = torch.full((16,), 0.5, dtype=torch.float64)  # odd accumulators land on ties k + 1/2
 ZERO = torch.zeros(16, dtype=torch.float64)
 SCALES = torch.linspace(0.03, 0.9, 16, dtype=torch.float64)
+TIES = torch.arange(16, dtype=torch.float64) * 37 + 0.5
+BELOW_TIES = torch.from_numpy(np.nextafter(TIES.numpy(), 0))
+BELOW_TIES_F32 = torch.from_numpy(np.nextafter(TIES.float().numpy(), np.float32(0)).astype(np.float64))
 CASES = {
     "ties-half-away-signed": (Requant("Floating-point", HALF, ZERO, -128, 127), ZERO),
     "ties-half-away-unsigned": (Requant("Floating-point", HALF, ZERO, 0, 63), ZERO),
@@ -155,6 +158,10 @@ CASES = {
     "unquantized": (Requant("None", SCALES, ZERO + 0.1, 0, 0), ZERO + 3),
     **{mode: (with_mode(Requant("Floating-point", SCALES, ZERO + 0.25, -100, 100), mode), ZERO + 1)
        for mode in RESCALING_MODES if mode != "Floating-point"},
+    # v = offset exactly (scale 0): just below every tie k + 1/2 (-> k), and on it (-> k + 1), f64 and f32
+    "below-ties": (Requant("Floating-point", ZERO, BELOW_TIES, 0, 1000), ZERO),
+    "on-ties": (Requant("Floating-point", ZERO, ZERO + TIES, 0, 1000), ZERO),
+    "below-ties-f32": (Requant("Floating-point", ZERO, BELOW_TIES_F32, 0, 1000, float32=True), ZERO),
     "fixed-float-bias": (with_mode(Requant("Floating-point", SCALES, ZERO, -100, 100), "Fixed-point16"),
                          ZERO + 0.5),
 }
@@ -169,6 +176,10 @@ def test_rescale_corner_cases(case: str, tmp_path: Path) -> None:
     export_int(int_gm, tmp_path / "r.onnx", x)
     (out,) = run_file(tmp_path / "r.onnx", x)
     assert np.array_equal(out, expected.numpy()), (out - expected.numpy())
+    if case.startswith("below-ties"):
+        assert torch.equal(expected, (TIES - 0.5).to(torch.int64).expand(16, -1))
+    if case == "on-ties":
+        assert torch.equal(expected, (TIES + 0.5).to(torch.int64).expand(16, -1))
     if case.startswith("ties"):  # the ties are really there: a rule that rounds them otherwise would differ
         acc = (torch.arange(256) - 128).double().reshape(16, 16) * 0.5
         assert int((acc - acc.floor() == 0.5).sum()) == 128
