@@ -50,19 +50,19 @@ def build_network(ini_path: str, overrides: list[str]) -> Network:
     doc = ini.load(ini_path, overrides=overrides)
     spec = data.DataSpec.from_doc(doc)
     gm = net.build(doc, spec.input_shape)
-    plans = {}
-    for cell in gm.cells.values():
-        plan = _quant_plan(doc, cell)
-        if plan is not None:
-            plans[net.module_name(cell.name)] = plan
-    gm = quant.prepare(gm, plans)
-    network = Network(doc=doc, spec=spec, gm=gm, plans=plans)
     missing_data = None
-    try:  # from the data files' headers: solver schedules often refer to [sp]_EpochSize
+    try:  # from the data files' headers: solver schedules (QActSolver.* too) often refer to [sp]_EpochSize
         spec.inject_epoch_size()
     except DataError as err:
         missing_data = err  # the summary needs no data, unless a value refers to the epoch size
     try:
+        plans = {}
+        for cell in gm.cells.values():
+            plan = _quant_plan(doc, cell)
+            if plan is not None:
+                plans[net.module_name(cell.name)] = plan
+        gm = quant.prepare(gm, plans)
+        network = Network(doc=doc, spec=spec, gm=gm, plans=plans)
         network.solvers = solver_triples(network)
     except ConfigError as err:
         if missing_data is not None and "_EpochSize" in err.message:
