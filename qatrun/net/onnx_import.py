@@ -49,9 +49,14 @@ Where qatrun differs from N2D2, and why:
   whose convention is the opposite of ONNX's, so its running statistics follow each batch at 90 %.
   qatrun keeps the meaning (PyTorch momentum = 1 - ONNX momentum); a ConfigSection's
   ``MovingAverageMomentum`` still overrides it, in N2D2's (= PyTorch's) convention.
+* An ``ActivationFunction`` (with its ``QAct*``) in the override section of a node that no Relu follows
+  gives the cell that activation, ``<cell>_act``, as in a hand-made layer. N2D2 ignores the key there, so
+  such an output (the BatchNorm before a residual Add) cannot be quantized, and a residual sum of an
+  unquantized branch has no integer-only form; ``ActivationFunction=Linear`` + ``QAct=SAT`` in
+  ``[res1_1_bn2]`` quantizes it. Where a Relu follows, the key is an error, as below.
 * Errors where N2D2 is silent: an override section that names no node (with a did-you-mean over the node
-  outputs), a geometry key in an override section, an ``ActivationFunction`` in a cell's override section
-  (N2D2 reads activations only from the Relu's section), a graph input size that differs from ``[sp]``
+  outputs), a geometry key in an override section, an ``ActivationFunction`` in the override section of
+  a node a Relu follows (N2D2 reads that activation from the Relu's section), a graph input size that differs from ``[sp]``
   (N2D2 warns; ``IgnoreInputSize=1`` runs the graph on the ``[sp]`` size). ``Transpose=1`` and ``CNTK=1``
   are not supported.
 
@@ -362,6 +367,7 @@ class _Plan:
     uses: Counter[str] = field(default_factory=Counter)
     matmul_fc: dict[str, str | None] = field(default_factory=dict)  # MatMul unique name -> bias initializer
     folded: set[str] = field(default_factory=set)  # unique names of Add nodes folded into a MatMul's bias
+    activated: set[str] = field(default_factory=set)  # values read by one activation node alone (merged into the cell)
 
     def resolve(self, value: str) -> str:
         while value in self.alias:
@@ -408,6 +414,11 @@ def _plan(onnx_file: OnnxFile) -> _Plan:
                 plan.uses[plan.resolve(value)] += 1
     for value in graph.output_values:
         plan.uses[plan.resolve(value)] += 1
+    for node in graph.nodes.values():
+        if node.operation_type in ACTIVATION_OPS and node.output_values[0] not in plan.alias:
+            value = plan.resolve(node.input_values[0])
+            if plan.uses[value] == 1:
+                plan.activated.add(value)
     return plan
 
 
@@ -704,7 +715,7 @@ class _Importer:
                     key, f"the geometry of {self.node_label(node)} comes from the ONNX graph: {key} cannot be "
                     "overridden"
                 )
-            if key == ACTIVATION or key.startswith(ACTIVATION + "."):
+            if (key == ACTIVATION or key.startswith(ACTIVATION + ".")) and node.output_values[0] in self.plan.activated:
                 raise section.error(
                     key, f"the activation of an imported cell comes from the graph (N2D2 ignores {key} here): set "
                     "it in a section named after the output of the Relu that follows the node"
@@ -777,7 +788,22 @@ class _Importer:
         )
         self.cells[name] = cell
         self.set(name, call, example, name)
+        if section is not None and kind != "Activation":
+            self.own_activation(cell, section)
         return cell
+
+    def own_activation(self, cell: Cell, section: Section) -> None:
+        """``ActivationFunction=`` in the override section of a node no Relu follows (``check_override``
+        rejects it where one does): the cell's own activation, whose ``QAct*`` the same section holds."""
+        given = [key for key in section.keys() if key == ACTIVATION or key.startswith(ACTIVATION + ".")]
+        if not given:
+            return
+        cell_type = CELL_TYPES.get(cell.type)
+        if cell_type is None or cell_type.activation is None:
+            raise section.error(given[0], f"a {cell.type} cell has no activation function (N2D2 ignores this key)")
+        section.declare(*ACTIVATION_KEYS)
+        function, module = read_activation(section, None)  # type: ignore[misc]
+        self.merge(cell, cell.name, cell.name, function, module, None)
 
     def conv(self, node: Any, module: nn.Module, mapping: Any) -> Cell:
         data = [node.input_values[0]]
