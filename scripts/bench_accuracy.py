@@ -222,6 +222,17 @@ def run_phase(ini: Path, folder: Path, epochs: int, sets: list[str], weights: st
     return phase
 
 
+def reused_phase(weights: Path, epochs: int) -> Phase:
+    """A phase 1 run earlier (``--clamp-weights``/``--float-weights``): its rate from its folder's log, if any."""
+    folder = weights.resolve().parent
+    phase = Phase(command=["(reused)"], folder=str(folder), epochs=epochs, weights=str(weights.resolve()))
+    for name in ("qatrun.log", "log"):
+        if (folder / name).is_file():
+            phase.rate = final_rate((folder / name).read_text())
+            break
+    return phase
+
+
 def _quote(arg: str) -> str:
     return f"'{arg}'" if re.search(r"[$\s\[\]]", arg) else arg
 
@@ -298,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         if not any(r.phase1 == kind for r in rows):
             continue
         if given:
-            first[kind] = Phase(command=[], folder=str(Path(given).parent), epochs=args.epochs_clamp,
-                                weights=str(Path(given).resolve()))
+            first[kind] = reused_phase(Path(given), args.epochs_clamp)
             continue
         ini = CLAMP_INI if kind == "clamp" else float_path
         first[kind] = phase(ini, f"phase1-{kind}", args.epochs_clamp)
