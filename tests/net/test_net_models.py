@@ -36,7 +36,10 @@ def table(gm) -> dict[str, tuple[tuple[int, int, int], int, int]]:
 
 def test_every_model_is_tested() -> None:
     assert sorted(p.name for p in MODELS.glob("*.ini")) == sorted(
-        ["LeNet.ini", "LeNet-QAT-clamp.ini", "LeNet-QAT.ini", "ResNet20-cifar10.ini", "MobileNet-v1-cifar10.ini"]
+        ["LeNet.ini", "LeNet-QAT-clamp.ini", "LeNet-QAT.ini", "ResNet20-cifar10.ini", "MobileNet-v1-cifar10.ini",
+         "ResNet20-cifar10-W4A4-clamp.ini", "ResNet20-cifar10-W4A4.ini",
+         # the ONNX example: tests/cli/test_onnx_example.py builds both phases from their .onnx file
+         "ResNet20-onnx-W4A4-clamp.ini", "ResNet20-onnx-W4A4.ini"]
     )
 
 
@@ -129,6 +132,14 @@ def test_resnet20() -> None:
     assert gm.cells["res2.1_sum"].inputs == ("res2.1_bn2", "res2.1_proj_bn")
     assert gm.cells["res1.2_sum"].inputs == ("res1.2_bn2", "res1.1_sum")
     assert gm(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    assert all(error.key.startswith(FOREIGN_PREFIXES) for error in doc.unknown_keys())
+
+
+@pytest.mark.parametrize("name", ["ResNet20-cifar10-W4A4-clamp.ini", "ResNet20-cifar10-W4A4.ini"])
+def test_resnet20_qat_recipe_is_the_same_network(name: str) -> None:
+    doc, gm = built(name, (3, 32, 32))
+    expected, _ = resnet20()
+    assert table(gm) == expected
     assert all(error.key.startswith(FOREIGN_PREFIXES) for error in doc.unknown_keys())
 
 
