@@ -296,8 +296,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def phase(ini: Path, name: str, epochs: int, row_sets: tuple[str, ...] = (), weights: str | None = None):
         more = list(row_sets)
-        if args.quick and "${EPOCH_SIZE}" in ini.read_text():
-            more.append("$EPOCH_SIZE=6000")  # the alpha schedules' epoch length (see LeNet-QAT.ini)
         return run_phase(ini, work / name, epochs, extra + more, weights, log, common)
 
     rows = [r for r in ROWS if r.key in args.rows]
