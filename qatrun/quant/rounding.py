@@ -23,6 +23,8 @@ def round_half_away(x: Tensor) -> Tensor:
     """C ``round``: round to nearest, ties away from zero, exact for every float."""
     magnitude = x.abs()
     whole = torch.floor(magnitude)
-    # magnitude - whole is exact (both share the exponent range of magnitude), so the tie test is exact.
-    rounded = whole + (magnitude - whole >= 0.5).to(x.dtype)
-    return torch.copysign(rounded, x)
+    # magnitude - whole is exact (both share the exponent range of magnitude), so the tie test is exact. The
+    # steps run in place on the two temporaries (a new activation-sized tensor costs page faults on the CPU);
+    # ge_ writes the test as 1.0 / 0.0 in the float dtype.
+    up = magnitude.sub_(whole).ge_(0.5)
+    return whole.add_(up).copysign_(x)

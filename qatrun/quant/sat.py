@@ -272,10 +272,13 @@ def sat_weight(
 def sat_activation_forward(x: Tensor, alpha: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor]:
     """CG-PACT forward. Returns ``(y, q, level)`` with ``q = clip(x,0,a)/a``, ``level = round(R q)``."""
     a = alpha.abs()
-    clipped = torch.minimum(x.clamp(min=0), a)
-    q = clipped / a
+    # In-place steps on the function's own temporaries (same operations, same values): on the CPU each new
+    # activation-sized tensor costs its page faults, which made this quantizer most of a QAT step.
+    q = torch.minimum(x.clamp(min=0), a)
+    q.div_(a)
     level = round_half_away(steps * q)
-    y = level / steps * a
+    y = level / steps
+    y.mul_(a)
     return y, q, level
 
 
@@ -293,10 +296,11 @@ class SATActivationFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, alpha, q, level = ctx.saved_tensors
         a = alpha.abs()
-        inside = (x > 0) & (x <= a)
-        grad_x = grad * inside.to(grad.dtype)
+        inside = x.gt(0).logical_and_(x <= a)
+        grad_x = inside.to(grad.dtype).mul_(grad)  # grad * 1[0 < x <= a]
         # d y / d a: 1 where clipped at a, the rounding residue round(Rq)/R - q inside (0 below 0, q = 0).
-        local = torch.where(x >= a, torch.ones_like(q), level / ctx.steps - q)
+        local = level / ctx.steps
+        local.sub_(q).masked_fill_(x >= a, 1.0)
         grad_alpha = (grad * local).sum().reshape(alpha.shape).to(alpha.dtype)
         return grad_x, grad_alpha, None
 
