@@ -403,7 +403,9 @@ def _act(args: argparse.Namespace, out_dir: Path, device: torch.device, learning
         optimizer = train.N2D2Optimizer(train.group_by_solver(network.solvers), network.spec.batch_size)
         resume = Path(args.l) if args.l else None
         meta = {"ini": network.doc.dump_resolved(), "seed": seed}
-        train.learn(gm, provider, optimizer, cfg, io, resume=resume, say=_say, meta=meta)  # tests at the end
+        result = train.learn(gm, provider, optimizer, cfg, io, resume=resume, say=_say, meta=meta)  # tests too
+        if _rank() == 0 and result.best_folder is not None:
+            train.plot_distributions(result.best_folder)  # once, at the end: drawing costs seconds
         metrics = None
     else:
         if not args.w and not args.l:

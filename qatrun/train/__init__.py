@@ -44,7 +44,15 @@ from qatrun.train.solver import (
     learning_rate,
     solver_group,
 )
-from qatrun.train.weights import Entry, atomic_folder, export_folder, file_path, import_folder, read_values
+from qatrun.train.weights import (
+    Entry,
+    atomic_folder,
+    export_folder,
+    file_path,
+    import_folder,
+    plot_distributions,
+    read_values,
+)
 
 __all__ = [
     "ADAM_KEYS",
@@ -73,6 +81,7 @@ __all__ = [
     "file_path",
     "group_by_solver",
     "import_folder",
+    "plot_distributions",
     "learn",
     "learning_rate",
     "load_state",

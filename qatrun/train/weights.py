@@ -364,3 +364,33 @@ def _import_scalars(
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def plot_distributions(folder: str | os.PathLike[str]) -> list[Path]:
+    """Draws a histogram PNG beside every ``*.distrib.dat`` of a weights folder (N2D2's distribution plots).
+
+    Returns:
+        The PNG files written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for dat in sorted(Path(folder).rglob("*.distrib.dat")):
+        values = read_values(dat).to(torch.float64)
+        if values.numel() == 0:
+            continue
+        mean, std = float(values.mean()), float(values.std()) if values.numel() > 1 else 0.0
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.hist(values.numpy(), bins=min(256, max(10, values.numel() // 4)))
+        ax.set_title(f"{dat.name[:-len('.distrib.dat')]}  (mean {mean:.4g}, std {std:.4g}, n {values.numel()})")
+        ax.set_xlabel("value")
+        ax.set_ylabel("count")
+        fig.tight_layout()
+        png = dat.with_suffix(".png")
+        fig.savefig(png, dpi=80)
+        plt.close(fig)
+        written.append(png)
+    return written

@@ -60,6 +60,7 @@ def test_float_learning_on_real_mnist(tmp_path: Path, mnist_subset: Path) -> Non
     for name in ("weights_validation", "weights_init", "seed.dat", "LeNet.ini.resolved"):
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "weights_validation" / "conv2_weights.syntxt").is_file()
+    assert (tmp_path / "weights_validation" / "conv2_weights.distrib.png").is_file()
     resolved = (tmp_path / "LeNet.ini.resolved").read_text()
     assert "; seed: 3" in resolved and "torch" in resolved and "LeNet.ini:" in resolved
     # Testing again from the saved weights gives the same rate.

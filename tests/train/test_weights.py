@@ -205,3 +205,16 @@ def test_setter_receives_read_values_instead_of_in_place_writes(tmp_path: Path) 
                   setter=lambda role, t: got.append((role, t.tolist())))
     import_folder(tmp_path, [entry], ignore_missing=True, notify=lambda _: None)
     assert got == [("QAct_LSQ_StepSize", [0.125])] and step.item() == 1.0  # the missing file: no call
+
+
+def test_distribution_plots_one_png_per_distribution(tmp_path) -> None:
+    from qatrun.train.weights import Entry, export_folder, plot_distributions
+
+    weights = torch.linspace(-1, 1, 2 * 3 * 5 * 5).reshape(2, 3, 5, 5)
+    entry = Entry("conv1", "conv", {"weights": weights, "biases": torch.tensor([0.5, -0.5])})
+    export_folder(tmp_path / "w", [entry])
+    dats = sorted((tmp_path / "w").glob("*.distrib.dat"))
+    pngs = plot_distributions(tmp_path / "w")
+    assert [p.name for p in pngs] == [d.name[: -len(".dat")] + ".png" for d in dats]
+    assert len(pngs) == 2  # weights and biases
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
