@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from qatrun import __version__, data, export, fuse, ini, net, quant, train
-from qatrun.errors import ConfigError, DataError, QatrunError, RunError
+from qatrun.errors import ConfigError, DataError, RunError
 
 
 @dataclass
