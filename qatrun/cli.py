@@ -16,7 +16,9 @@ from qatrun import __version__
 from qatrun.errors import QatrunError
 
 ROUND_MODES = ("NONE", "RINTF")
-RESCALING_MODES = ("Floating-point", "Fixed-point16", "Fixed-point32", "Single-shift", "Double-shift")
+# Floating-point32: onnxruntime QLinearConv arithmetic, for a fast integer-only ONNX (qatrun.fuse.scaling)
+RESCALING_MODES = ("Floating-point", "Fixed-point16", "Fixed-point32", "Single-shift", "Double-shift",
+                   "Floating-point32")
 EXPORT_FORMATS = ("onnx", "onnx-qdq", "onnx-int")
 VALID_METRICS = (
     "Sensitivity", "Specificity", "Precision", "NegativePredictiveValue", "MissRate", "FallOut",

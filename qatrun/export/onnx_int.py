@@ -10,6 +10,7 @@ IntInput        ``p = Round(Cast<double>(x) * 255)`` clipped to [0, 255], uint8 
 IntConv2d       ``acc = sum_j 256^j sum_s ConvInteger(plane_j(q), slice_s(W), zp_j, 128) + b``, int32
 IntLinear       the same with MatMulInteger (weights transposed)
 Rescale         ``v = Cast<double>(acc) * s + o``, rounded as the module rounds, Clip [lo, hi], Cast
+                (Floating-point32: fused with its layer into one QLinearConv, see below)
                 (Fixed-point/shift modes: ``floor((a M + O) / 2^n)`` in int64, floor as ``t - Mod(t, 2^n)``)
 IntAdd          ``sum_i m_i (Cast<double>(q_i) - z_i)``, summed in input order as torch sums the stack
 IntMaxPool2d    MaxPool on the uint8/int8 levels (float32 beyond 8 bits: exact below 2^24)
@@ -39,6 +40,22 @@ activation) the negative values saturate to ``lo`` under either rule, and round 
 exactly when ``v`` is a tie (checked on every float32 in [0, 2^17) and around every tie below 70,000 in
 float64; a plain ``floor(v + 1/2)`` errs at ``v = pred(1/2)``).
 
+The fast form (``-act-rescaling-mode Floating-point32``). That mode's rescale is, by construction,
+onnxruntime's ``QLinearConv`` requantization (:mod:`qatrun.fuse.scaling`): ``sat(rne(f32(acc + B) m) + z)``.
+So an accumulating layer and its rescale become one ``QLinearConv`` (x_scale = y_scale = 1, w_scale = m
+per channel, int8 weights with zero point 0, x_zero_point the input's zero point, which is also what it pads
+with, as ``IntConv2d`` pads with real zeros; int32 bias B) with a uint8 output, then ``Clip`` to [lo, hi]
+for outputs below 8 bits. An Fc is the same 1x1 ``QLinearConv`` between two Reshapes; a Sum is a 1x1
+``QLinearConv`` over the ``Concat`` of its inputs with the branch multipliers on the diagonals (the zero
+points move into the bias). onnxruntime then runs its blocked int8 kernels (NHWC with graph optimizations
+on): 2-3x its float ``Conv`` at batch 256 on ResNet-20-sized layers (``scripts/bench_onnx.py``). A layer
+takes this form only where it is exact on every x86 CPU: uint8 input levels, weights in [-128, 127], an
+int32 accumulator, one output zero point, and ``2 max(q) max|W| <= 32767`` (MLAS's uint8 x int8 kernels
+on CPUs without AVX-512 VNNI/AVX-VNNI add pairs of products in int16 with saturation; 4-bit activations
+and weights are far below). Other layers (the 8-bit first convolution: its levels ``2k - 255`` are not
+int8) keep the exact accumulation above followed by the same arithmetic as ONNX operators:
+``Cast<float>(acc + B) * m``, ``Round`` (half to even), ``+ z``, ``Clip``.
+
 What is not reproduced: ``IntInput`` raises on inputs off the 1/255 grid; the ONNX graph rounds them.
 The n2d2 flavour's float32 weights (not integers without ``-wt-round-mode RINTF``) and its float average
 pooling have no integer form here (float sums in another order would not be bit-identical): exporting
@@ -66,6 +83,8 @@ from qatrun.net.layers import Permute, Reshape
 
 OPSET = 13
 INT32_LIMIT = 2**31
+INT16_PAIR_LIMIT = 2**15 - 1  # MLAS uint8 x int8 without VNNI: |x0 w0 + x1 w1| must fit int16
+FUSED_MODE = "Floating-point32"
 FLOAT32_EXACT = 2**24
 WEIGHT_ZERO = 128  # uint8 weights are stored as W + 128 with this zero point
 
@@ -104,6 +123,14 @@ class FloatOut:
     """A float64 result (the unquantized logits)."""
 
     name: str
+
+
+@dataclass(frozen=True)
+class Pending:
+    """An accumulating layer whose only user is a Floating-point32 Rescale: the Rescale writes both."""
+
+    node: fx.Node
+    module: nn.Module
 
 
 def level_type(lo: int, hi: int) -> int:
@@ -328,6 +355,12 @@ class IntWriter:
     def rescale(self, node: fx.Node, m: Rescale) -> None:
         name = str(node.target)
         acc = self.env[node.args[0]]  # type: ignore[index]
+        if isinstance(acc, Pending):
+            fused = self._qlinear(acc, m.params, name)
+            if fused is not None:
+                self.env[node] = fused
+                return
+            acc = self._materialize(acc)
         if not isinstance(acc, Acc):
             raise RunError(f"{name}: a Rescale must follow an accumulating layer")
         p = m.params
@@ -347,7 +380,9 @@ class IntWriter:
                               f"{name}_out")
             self.env[node] = FloatOut(value)
             return
-        if p.integer:
+        if p.mode == FUSED_MODE:
+            levels = self._float32_rescale(value, elem, p, rank, name)
+        elif p.integer:
             levels = self._integer_rescale(value, elem, p, rank, name)
         else:
             dtype = np.float32 if p.float32 else np.float64
@@ -360,6 +395,115 @@ class IntWriter:
                                         self.g.const("hi", np.array(p.hi, dtype=dtype))], f"{name}_sat")
         out_elem = level_type(p.lo, p.hi)
         self.env[node] = Levels(self.g.cast(levels, out_elem, name), out_elem, p.lo, p.hi)
+
+    def _float32_rescale(self, value: str, elem: int, p: Any, rank: int, name: str) -> str:
+        """``clip(Round(Cast<float>(acc + B) * m) + z, lo, hi)``: Floating-point32 outside a QLinearConv."""
+        if p.bias is not None:  # in float64, exact: both are integers below 2^53
+            value = self.g.cast(value, TensorProto.DOUBLE, f"{name}_f64") if elem != TensorProto.DOUBLE else value
+            value = self.g.op("Add", [value, self.g.const(f"{name}_B", self._channel(p.bias, rank, np.float64))],
+                              f"{name}_acc")
+        v = self.g.cast(value, TensorProto.FLOAT, f"{name}_f32")  # one rounding to nearest even
+        v = self.g.op("Mul", [v, self.g.const(f"{name}_m", self._channel(p.scale, rank, np.float32))], f"{name}_v")
+        y = self.g.op("Round", [v], f"{name}_round")
+        if bool(p.offset.any()):
+            y = self.g.op("Add", [y, self.g.const(f"{name}_z", self._channel(p.offset, rank, np.float32))], f"{name}_z")
+        return self.g.op("Clip", [y, self.g.const("lo", np.array(p.lo, dtype=np.float32)),
+                                  self.g.const("hi", np.array(p.hi, dtype=np.float32))], f"{name}_sat")
+
+    # --------------------------------------------------------------------------- the fast form: QLinearConv
+
+    def _fused_rescale(self, node: fx.Node) -> bool:
+        """Whether the only user of an accumulating node is a Floating-point32 Rescale."""
+        users = list(node.users)
+        if len(users) != 1 or users[0].op != "call_module":
+            return False
+        user = self.modules[str(users[0].target)]
+        return isinstance(user, Rescale) and user.mode == FUSED_MODE and user.clip is None
+
+    def _materialize(self, pending: Pending) -> Acc:
+        """The exact accumulator of a pending layer (the general form, module note)."""
+        handlers = {IntConv2d: self.conv, IntLinear: self.linear, IntAdd: self.add}
+        handlers[type(pending.module)](pending.node, pending.module)  # type: ignore[operator]
+        return self.env[pending.node]
+
+    def _qlinear(self, pending: Pending, p: Any, name: str) -> Levels | None:
+        """The layer and its rescale as one QLinearConv (module note), or None where that is not exact."""
+        zero = p.offset.detach().cpu().to(torch.int64)
+        if not (0 <= p.lo and p.hi <= 255) or zero.numel() == 0 or bool((zero != zero[0]).any()):
+            return None
+        m = pending.module
+        node = pending.node
+        if isinstance(m, IntAdd):
+            operands = self._add_operands(node, m)
+        else:
+            operands = self._layer_operands(node, m)
+        if operands is None:
+            return None
+        x, x_zero, x_hi, w, bias, spatial = operands
+        if p.bias is not None:
+            bias = bias + p.bias.detach().cpu().to(torch.int64).numpy()
+        span = max(x_hi - x_zero, x_zero)
+        l1 = np.abs(w).reshape(w.shape[0], -1).sum(axis=1)
+        if w.min() < -128 or w.max() > 127 or 2 * x_hi * int(np.abs(w).max()) > INT16_PAIR_LIMIT:
+            return None
+        if float((l1 * span + np.abs(bias)).max()) >= INT32_LIMIT:
+            return None
+        channels = w.shape[0]
+        inputs = [
+            x, self.g.const("one", np.array(1.0, dtype=np.float32)), self.g.const("zp", np.array(x_zero, np.uint8)),
+            self.g.const(f"{name}_w", w.astype(np.int8)),
+            self.g.const(f"{name}_m", p.scale.detach().cpu().numpy().astype(np.float32)),
+            self.g.const(f"{name}_wz", np.zeros(channels, dtype=np.int8)),
+            self.g.const("one", np.array(1.0, dtype=np.float32)),
+            self.g.const("zp", np.array(int(zero[0]), np.uint8)),
+            self.g.const(f"{name}_B", bias.astype(np.int32)),
+        ]
+        out = self.g.op("QLinearConv", inputs, f"{name}_q", **spatial)
+        if (p.lo, p.hi) != (0, 255):
+            out = self.g.op("Clip", [out, self.g.const("lo", np.array(p.lo, np.uint8)),
+                                     self.g.const("hi", np.array(p.hi, np.uint8))], f"{name}_sat")
+        if isinstance(m, IntLinear):
+            out = self.g.op("Reshape", [out, self.g.const("flat", np.array([0, -1], dtype=np.int64))], f"{name}_flat")
+        return Levels(out, TensorProto.UINT8, p.lo, p.hi)
+
+    def _layer_operands(self, node: fx.Node, m: nn.Module) -> tuple | None:
+        """``(x, x zero point, max x, int weights (O, I, kH, kW), int bias, conv attributes)`` of a Conv/Fc."""
+        x = self._levels(node.args[0], str(node.target))  # type: ignore[arg-type]
+        if x.elem != TensorProto.UINT8 or not 0 <= m.input_zero <= 255:
+            return None
+        bias = m.bias.detach().cpu().double()
+        if not bool((bias == torch.round(bias)).all()):
+            return None
+        w = integer_array(m.weight, str(node.target))
+        if isinstance(m, IntConv2d):
+            spatial = {"kernel_shape": list(w.shape[2:]), "strides": list(m.stride),
+                       "pads": [*m.padding, *m.padding], "dilations": list(m.dilation), "group": m.groups}
+            name = x.name
+        else:  # (N, I) -> (N, I, 1, 1): a 1x1 convolution
+            w = w.reshape(*w.shape, 1, 1)
+            spatial = {"kernel_shape": [1, 1]}
+            shape = self.g.const(f"{node.target}_4d", np.array([0, -1, 1, 1], dtype=np.int64))
+            name = self.g.op("Reshape", [x.name, shape], f"{node.target}_4d")
+        return name, m.input_zero, x.hi, w, bias.to(torch.int64).numpy(), spatial
+
+    def _add_operands(self, node: fx.Node, m: IntAdd) -> tuple | None:
+        """The Sum as a 1x1 convolution over the Concat of its inputs: ``W[c, i C + c] = R_i[c]``, zero
+        points in the bias ``-sum_i R_i[c] z_i``."""
+        parts = [self._levels(arg, str(node.target)) for arg in node.args]  # type: ignore[arg-type]
+        shapes = {tuple(self.shapes[arg]) for arg in node.args}  # type: ignore[index]
+        if len(shapes) != 1 or len(next(iter(shapes))) != 4 or any(x.elem != TensorProto.UINT8 for x in parts):
+            return None
+        multipliers = m.multipliers.detach().cpu()
+        if not bool((multipliers == torch.round(multipliers)).all()):
+            return None
+        r = multipliers.to(torch.int64).numpy()  # (n, C)
+        n, channels = r.shape
+        w = np.zeros((channels, n * channels, 1, 1), dtype=np.int64)
+        for i in range(n):
+            w[np.arange(channels), i * channels + np.arange(channels), 0, 0] = r[i]
+        bias = -sum(r[i] * m.zeros[i] for i in range(n))
+        x = parts[0].name if n == 1 else self.g.op("Concat", [part.name for part in parts], f"{node.target}_cat", axis=1)
+        return x, 0, max(part.hi for part in parts), w, np.asarray(bias, dtype=np.int64), {"kernel_shape": [1, 1]}
 
     def _integer_rescale(self, value: str, elem: int, p: Any, rank: int, name: str) -> str:
         """``clamp(floor((a M + O) / 2^n), lo, hi)`` in int64, ``a`` the accumulator rounded half away."""
@@ -477,6 +621,9 @@ class IntWriter:
             raise RunError(f"{node.name}: {node.op} {node.target} has no integer ONNX form")
 
     def visit_module(self, node: fx.Node, m: nn.Module) -> None:
+        if isinstance(m, (IntConv2d, IntLinear, IntAdd)) and self._fused_rescale(node):
+            self.env[node] = Pending(node, m)  # its Rescale decides the form
+            return
         handlers = (
             (IntInput, self.input), (IntConv2d, self.conv), (IntLinear, self.linear), (Rescale, self.rescale),
             (IntAdd, self.add), (IntMaxPool2d, self.max_pool), (IntAvgPool2d, self.avg_pool),
@@ -510,7 +657,7 @@ class IntWriter:
         """Builds the graph and saves it; returns the file size."""
         for node in self.gm.graph.nodes:
             self.visit(node)
-        return self.g.save(path, doc="qatrun integer-only network (exact integer accumulation, float64 rescale)")
+        return self.g.save(path, doc="qatrun integer-only network (exact integer accumulation and rescale)")
 
 
 _FLOAT_ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE}

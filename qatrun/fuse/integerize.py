@@ -24,7 +24,9 @@ Two flavours (``FuseOptions.flavour``):
   ``floor(R/2) Wq`` would take, or the unsigned code ``k`` with a zero-point correction
   ``sum (2k - R) q = 2 sum k q - R sum q``: ``weight_codes="unsigned"``), splits ``b'`` into an integer
   bias ``B = rint(b')`` and a sub-LSB offset ``o = s (b' - B)`` kept by the rescale, and saturates to the
-  activation quantizer's own range (``[0, R]`` after an Fc too). With Floating-point rescaling the integer
+  activation quantizer's own range (``[0, R]`` after an Fc too); under Floating-point32 rescaling the
+  offset is rounded into ``B`` too (whole accumulator units, :mod:`qatrun.fuse.scaling`), leaving the
+  zero point. With Floating-point rescaling the integer
   network then computes what the fake-quantized one computes, level for level, exactly where the fake
   network computes in float32 (a value within float32 rounding of a tie ``k + 1/2`` may go either way
   there; :mod:`qatrun.fuse.verify` tells those apart); the other rescaling modes err by at most the
@@ -49,7 +51,7 @@ residual sums and zero points, which N2D2 leaves unconverted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor
@@ -95,6 +97,9 @@ class FuseOptions:
             value = getattr(self, name)
             if value not in valid:
                 raise RunError(f"fusion {name} must be one of {', '.join(valid)}, found {value!r}")
+        if self.flavour == "n2d2" and self.rescaling == "Floating-point32":
+            raise RunError("the n2d2 flavour reproduces N2D2's rescaling modes; Floating-point32 (onnxruntime's "
+                           "QLinearConv arithmetic) needs the exact flavour")
         if self.flavour == "n2d2" and self.rescaling == "Double-shift":
             raise RunError(
                 "the n2d2 flavour cannot use Double-shift: N2D2 installs no rescaling after Conv+BatchNorm in "
@@ -325,6 +330,9 @@ def exact_layer(
     lo = max(act.lo, act.zero) if relu else act.lo
     requant = Requant("Floating-point", scale, offset, lo, act.hi, rounding=act.rounding)
     requant = with_mode(requant, options.rescaling)
+    if requant.bias is not None:  # Floating-point32: the offset's whole accumulator units join the bias
+        int_bias = int_bias + requant.bias.double()
+        requant = replace(requant, bias=None)
     codes = None
     if options.weight_codes == "unsigned":
         step, zero = unsigned_codes(w)
@@ -494,7 +502,32 @@ class IntegerAdd:
     error: float = 0.0
 
 
-BRANCH_BITS = {"Fixed-point16": 16, "Fixed-point32": 32, "Single-shift": 16, "Double-shift": 16}
+BRANCH_BITS = {"Fixed-point16": 16, "Fixed-point32": 32, "Single-shift": 16, "Double-shift": 16,
+               "Floating-point32": 16}
+INT8_BRANCH_ERROR = 0.25  # Floating-point32: int8 branch multipliers when they cost at most this (levels)
+
+
+def _branch_multipliers(ratios: Tensor, spans: Tensor, bits: int, scale: float) -> tuple[int, Tensor, float]:
+    """``(k, R, error)``: integer multipliers ``R = round(r 2^k)`` of about ``bits`` bits, and the
+    largest pre-rounding error they cause, in output levels (``scale`` is ``u_1 / u_out``).
+
+    k gives the largest multiplier the mode's bits, but keeps the accumulator ``sum_i R_i |q_i - z_i|`` below
+    2^31 so that its product with a 32-bit rescale multiplier stays inside int64. ``bits == 8``: every
+    ``|R| <= 127`` (int8 weights for onnxruntime).
+    """
+    largest = float(ratios.abs().max())
+    total = float((ratios.abs() * spans[:, None]).sum(dim=0).max())
+    k = 0
+    if largest > 0 and total > 0:
+        k_bits = (bits - 2) - math.floor(math.log2(largest))
+        k_fit = math.floor(math.log2(2.0**31 / total)) - 1
+        k = max(0, min(k_bits, k_fit))
+    integer_ratios = torch.round(ratios * 2.0**k)
+    if bits == 8 and k > 0 and float(integer_ratios.abs().max()) > 127:  # rounded up out of int8
+        k -= 1
+        integer_ratios = torch.round(ratios * 2.0**k)
+    error = float(((ratios - integer_ratios / 2.0**k).abs() * spans[:, None]).sum(dim=0).max()) * scale
+    return k, integer_ratios, error
 
 
 def add_layer(
@@ -534,19 +567,15 @@ def add_layer(
     requant = Requant("Floating-point", scale, offset, lo, act.hi, rounding=act.rounding)
     if options.rescaling == "Floating-point":
         return IntegerAdd(ratios, zeros, requant, Grid.of(act, lo))
-    # Integer modes: branch multipliers R_i = round(r_i 2^k) on one scale 2^-k, then the rescale. k gives
-    # the largest multiplier the mode's bits, but keeps the accumulator sum_i R_i |q_i - z_i| below 2^31
-    # so that its product with a 32-bit rescale multiplier stays inside int64.
+    # Integer modes: branch multipliers R_i = round(r_i 2^k) on one scale 2^-k, then the rescale.
+    # Floating-point32 takes int8 multipliers when they cost at most a quarter level, so that onnxruntime
+    # runs the Sum as one uint8 x int8 QLinearConv (qatrun.export.onnx_int), else 16-bit ones.
     spans = torch.tensor([max(abs(g.lo - g.zero), abs(g.hi - g.zero)) for g in grids], dtype=torch.float64)
-    largest = float(ratios.abs().max())
-    total = float((ratios.abs() * spans[:, None]).sum(dim=0).max())
-    k = 0
-    if largest > 0 and total > 0:
-        k_bits = (BRANCH_BITS[options.rescaling] - 2) - math.floor(math.log2(largest))
-        k_fit = math.floor(math.log2(2.0**31 / total)) - 1
-        k = max(0, min(k_bits, k_fit))
-    integer_ratios = torch.round(ratios * 2.0**k)
-    error = float(((ratios - integer_ratios / 2.0**k).abs() * spans[:, None]).sum(dim=0).max()) * float(scale[0])
+    k, integer_ratios, error = _branch_multipliers(ratios, spans, BRANCH_BITS[options.rescaling], float(scale[0]))
+    if options.rescaling == "Floating-point32":
+        k8, ratios8, error8 = _branch_multipliers(ratios, spans, 8, float(scale[0]))
+        if error8 <= INT8_BRANCH_ERROR:
+            k, integer_ratios, error = k8, ratios8, error8
     requant = with_mode(Requant("Floating-point", scale / 2.0**k, offset, lo, act.hi, rounding=act.rounding),
                         options.rescaling)
     return IntegerAdd(integer_ratios, zeros, requant, Grid.of(act, lo), error)

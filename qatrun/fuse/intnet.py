@@ -210,7 +210,7 @@ class Rescale(nn.Module):
         self.rounding, self.float32 = requant.rounding, requant.float32
         self.register_buffer("scale", requant.scale.clone())
         self.register_buffer("offset", requant.offset.clone())
-        for name in ("clip", "multiplier", "shift"):
+        for name in ("clip", "multiplier", "shift", "bias"):
             value = getattr(requant, name)
             self.register_buffer(name, None if value is None else value.clone())
 
@@ -219,7 +219,7 @@ class Rescale(nn.Module):
         """The rescale parameters."""
         return Requant(
             self.mode, self.scale, self.offset, self.lo, self.hi, self.clip, self.rounding, self.float32,
-            self.multiplier, self.shift,
+            self.multiplier, self.shift, self.bias,
         )
 
     def forward(self, acc: Tensor) -> Tensor:

@@ -10,16 +10,18 @@ After fusion every layer ends with a per-channel rescale of its accumulator ``ac
 the part of the bias below one accumulator unit, and an output zero point). Each rescaling mode is a
 different way of computing ``round(v)``:
 
-============== ============================================ ==========================================
-mode           computes                                     max error of v before rounding (rho)
-============== ============================================ ==========================================
-Floating-point ``round(acc * s + o)`` in float (64 or 32)   float rounding only: 0 levels
-Fixed-point16  ``(a M + O) >> n``, M in [2^14, 2^15)        relative 2^-15 of s
-Fixed-point32  ``(a M + O) >> n``, M in [2^30, 2^31)        relative 2^-31 of s
-Single-shift   ``(a + O) >> n``, s ~ 2^-n                   relative 1/3 of s
-Double-shift   ``(a (2^(n-m) + 1) + O) >> n``,              relative 1/7 of s
-               s ~ 2^-m + 2^-n
-============== ============================================ ==========================================
+================ ============================================ ========================================
+mode             computes                                     max error of v before rounding (rho)
+================ ============================================ ========================================
+Floating-point   ``round(acc * s + o)`` in float (64 or 32)   float rounding only: 0 levels
+Fixed-point16    ``(a M + O) >> n``, M in [2^14, 2^15)        relative 2^-15 of s
+Fixed-point32    ``(a M + O) >> n``, M in [2^30, 2^31)        relative 2^-31 of s
+Single-shift     ``(a + O) >> n``, s ~ 2^-n                   relative 1/3 of s
+Double-shift     ``(a (2^(n-m) + 1) + O) >> n``,              relative 1/7 of s
+                 s ~ 2^-m + 2^-n
+Floating-point32 ``rne(f32(acc + B) * f32(s)) + z``           s/2 (the integer bias B), and relative
+                                                              2^-22 of v (float32 roundings)
+================ ============================================ ========================================
 
 with ``a = round(clip(acc))`` the accumulator as an integer, ``O = round(o 2^n) + 2^(n-1)`` (the offset and
 the rounding half-up), all in int64. Every integer mode is ``s ~ M / 2^n`` with a constraint on ``M``, so
@@ -28,13 +30,30 @@ M and n are chosen per channel to minimise ``|s - M/2^n|``: for the fixed-point 
 M in its top binade (relative error at most 2^-(N-1)), for the shift modes the nearest value of the form
 (a power of two lies within 1/3 of any s, a sum of two within 1/7).
 
+``Floating-point32`` is onnxruntime's ``QLinearConv`` requantization, so that the integer-only ONNX file can
+run every layer as one ``QLinearConv`` (uint8 x int8, int32 accumulator; :mod:`qatrun.export.onnx_int`)::
+
+    y = sat(rne(f32(acc + B) * m) + z, lo, hi),   m = f32(s),   B = rne((o - z) / s),   z = rne(o) in [lo, hi]
+
+``f32(.)`` rounds to the nearest float32 (ties to even), as onnxruntime's int32 -> float32 conversion does;
+the product is one float32 multiplication (x_scale = y_scale = 1 makes onnxruntime's
+``x_scale * w_scale / y_scale`` equal ``m`` exactly); ``rne`` rounds half to even whatever the activation
+quantizer's rule; ``z`` is the output zero point (one value per tensor in the file). ``B``, the offset as a
+whole number of accumulator units, is the integer bias: the exact flavour adds it to the layer's bias
+(:func:`qatrun.fuse.integerize.exact_layer`), a Sum keeps it here (``Requant.bias``). Measured against
+onnxruntime 1.31.1 (optimizations off and all on, with ties, negative accumulators and ``|acc| >= 2^24``):
+identical. Its error against the exact ``round(acc s + o)``: the sub-unit part of the offset dropped from
+``B``, at most ``s/2``, and three float32 roundings (the accumulator, ``m``, the product), relative
+``(1 + 2^-24)^3 - 1 < 2^-22`` of ``|v|``; rounding ties to even where the quantizer rounds them away adds
+nothing more than the ``+ 1`` below. So 1 LSB wherever ``s <= 1``.
+
 Error bound in output levels (LSB). With the output saturated to [lo, hi], only accumulators with
 ``|v| <= max(|lo|, |hi|) + 1`` can differ, so the error of v is at most ``rho (max(|lo|,|hi|) + 1 + |o|)``
 plus the offset's rounding ``2^-(n+1)``; a pre-rounding error e changes the rounded level by at most
 ``floor(e) + 1``. :func:`error_bound_lsb` computes this per channel from the actual M, n;
 :func:`mode_bound_lsb` gives the worst case over all scales ``s <= 1`` (so ``|o| <= 1/2``), the documented
-bound: 0 for Floating-point, 1 for Fixed-point16 and Fixed-point32, 87 for Single-shift and 38 for
-Double-shift at 8-bit outputs. (Fixed-point32 errs in practice only when v falls within 2^-23 of a rounding tie.)
+bound: 0 for Floating-point, 1 for Floating-point32, Fixed-point16 and Fixed-point32, 87 for Single-shift
+and 38 for Double-shift at 8-bit outputs. (Fixed-point32 errs in practice only when v falls within 2^-23 of a rounding tie.)
 
 Where qatrun differs from N2D2: N2D2 gives both fixed-point modes 16 fractional bits (``M = round(s 2^16)``,
 so an 8-bit layer with s ~ 0.002 gets a 7-bit multiplier and errs by one or two levels); its Single-shift
@@ -52,7 +71,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-RESCALING_MODES = ("Floating-point", "Fixed-point16", "Fixed-point32", "Single-shift", "Double-shift")
+RESCALING_MODES = ("Floating-point", "Fixed-point16", "Fixed-point32", "Single-shift", "Double-shift",
+                   "Floating-point32")
+FLOAT_MODES = ("Floating-point", "Floating-point32")  # no integer multiplier
 ROUNDINGS = ("half_away", "half_even")
 
 # Worst relative error |s - M/2^n| / s of each integer mode (see the module note).
@@ -62,6 +83,7 @@ RELATIVE_ERROR = {
     "Fixed-point32": 2.0**-31,
     "Single-shift": 1 / 3,
     "Double-shift": 1 / 7,
+    "Floating-point32": 2.0**-22,  # three float32 roundings, (1 + 2^-24)^3 - 1 < 2^-22 (of |v|, not of s)
 }
 FIXED_BITS = {"Fixed-point16": 16, "Fixed-point32": 32}
 N2D2_FIXED_SHIFT = 16  # N2D2's fixed-point modes: always 16 fractional bits
@@ -95,10 +117,13 @@ class Requant:
         hi: highest output level.
         clip: (C,) N2D2's accumulator clip ``min(max(acc, 0), clip)`` before scaling, or None.
         rounding: ``half_away`` or ``half_even``, for Floating-point (integer modes round half up,
-            which agrees with both on the outputs kept after saturation at ``lo >= 0``).
+            which agrees with both on the outputs kept after saturation at ``lo >= 0``; Floating-point32
+            rounds half to even).
         float32: compute Floating-point in float32 as N2D2 does (acc, clip and scale rounded to float32).
         multiplier: (C,) int64 M of the integer modes (``scale ~ M / 2^shift``), else None.
         shift: (C,) int64 n of the integer modes, else None.
+        bias: Floating-point32: (C,) int64 B added to the accumulator before its float32 conversion
+            (``offset`` is then the integer zero point z), or None for no bias.
     """
 
     mode: str
@@ -111,13 +136,15 @@ class Requant:
     float32: bool = False
     multiplier: Tensor | None = None
     shift: Tensor | None = None
+    bias: Tensor | None = None
 
     def __post_init__(self) -> None:
         assert self.mode in RESCALING_MODES + ("None",), self.mode
         assert self.rounding in ROUNDINGS, self.rounding
         assert self.scale.shape == self.offset.shape and self.scale.dim() == 1, (self.scale.shape, self.offset.shape)
         assert (self.multiplier is None) == (self.shift is None)
-        assert (self.multiplier is None) == (self.mode in ("Floating-point", "None")), self.mode
+        assert (self.multiplier is None) == (self.mode in FLOAT_MODES + ("None",)), self.mode
+        assert self.bias is None or self.mode == "Floating-point32", self.mode
 
     @property
     def integer(self) -> bool:
@@ -153,7 +180,11 @@ def requantize(acc: Tensor, p: Requant) -> Tensor:
         acc = torch.minimum(acc.clamp(min=0), _per_channel(p.clip.to(acc.dtype), acc))
     if not p.quantized:
         return acc.double() * _per_channel(p.scale, acc) + _per_channel(p.offset, acc)
-    if p.integer:
+    if p.mode == "Floating-point32":
+        a = acc.double() if p.bias is None else acc.double() + _per_channel(p.bias.double(), acc)  # exact integers
+        v = a.to(torch.float32) * _per_channel(p.scale.to(torch.float32), acc)  # one float32 product
+        y = torch.round(v).to(torch.int64) + _per_channel(p.offset.to(torch.int64), acc)
+    elif p.integer:
         assert p.multiplier is not None and p.shift is not None
         a = round_half_away(acc.double()).to(torch.int64)
         m, n, o = (_per_channel(t, acc) for t in (p.multiplier, p.shift, p.integer_offset()))
@@ -210,10 +241,10 @@ def approximate(scale: Tensor, mode: str, n2d2: bool = False) -> tuple[Tensor, T
         n2d2: N2D2's fixed point: ``M = round(s 2^16)``, ``n = 16`` for both fixed-point modes.
 
     Returns:
-        ``(M, n)`` as (C,) int64 tensors, or None for Floating-point.
+        ``(M, n)`` as (C,) int64 tensors, or None for Floating-point and Floating-point32.
     """
     assert mode in RESCALING_MODES, mode
-    if mode == "Floating-point":
+    if mode in FLOAT_MODES:
         return None
     pairs = []
     for s in scale.double().tolist():
@@ -233,9 +264,17 @@ def approximate(scale: Tensor, mode: str, n2d2: bool = False) -> tuple[Tensor, T
 
 
 def with_mode(p: Requant, mode: str, n2d2: bool = False) -> Requant:
-    """``p`` computed with another rescaling mode (its float scale approximated by ``(M, n)``)."""
+    """``p`` computed with another rescaling mode (its float scale approximated by ``(M, n)``, or, for
+    Floating-point32, rounded to float32 with the offset split into a zero point and an integer bias)."""
     if not p.quantized:
         return p
+    if mode == "Floating-point32":
+        assert p.clip is None and p.mode == "Floating-point", (p.mode, "Floating-point32 starts from exact scales")
+        zero = torch.round(p.offset).clamp(p.lo, p.hi)
+        safe = torch.where(p.scale > 0, p.scale, 1.0)
+        bias = torch.where(p.scale > 0, torch.round((p.offset - zero) / safe), 0.0).to(torch.int64)
+        return replace(p, mode=mode, scale=p.scale.to(torch.float32).double(), offset=zero, rounding="half_even",
+                       float32=False, bias=bias if bool(bias.any()) else None)
     mn = approximate(p.scale, mode, n2d2)
     multiplier, shift = (None, None) if mn is None else mn
     return replace(p, mode=mode, multiplier=multiplier, shift=shift)
@@ -247,7 +286,12 @@ def with_mode(p: Requant, mode: str, n2d2: bool = False) -> Requant:
 
 def pre_rounding_error(p: Requant) -> float:
     """Largest ``|v_mode - v_exact|`` before rounding, over every integer accumulator that can matter
-    (``|acc s| <= max(|lo|, |hi|) + 1 + |o|``; beyond, both saturate), from the actual M and n."""
+    (``|acc s| <= max(|lo|, |hi|) + 1 + |o|``; beyond, both saturate), from the actual M and n (for
+    Floating-point32: the dropped sub-unit offset ``s/2`` and the float32 roundings, module note)."""
+    if p.mode == "Floating-point32":
+        reach = max(abs(p.lo), abs(p.hi)) + 1 + p.offset.abs() + p.scale / 2
+        error = p.scale / 2 + RELATIVE_ERROR[p.mode] * reach
+        return float(error.max()) if error.numel() else 0.0
     if not p.integer:
         return 0.0
     assert p.multiplier is not None and p.shift is not None
@@ -265,7 +309,8 @@ def error_bound_lsb(p: Requant, extra: float = 0.0) -> int:
     ``sat(round(acc * s + o))`` over every integer accumulator: ``floor(e) + 1`` for a pre-rounding
     error e > 0 (:func:`pre_rounding_error`, plus ``extra`` from upstream approximations), else 0.
 
-    0 for Floating-point (float64 rounding is far below a level) and for unquantized outputs.
+    0 for Floating-point (float64 rounding is far below a level) and for unquantized outputs; at least 1
+    for Floating-point32 (its ties go to even).
     """
     error = pre_rounding_error(p) + extra
     return 0 if error == 0 else math.floor(error) + 1
@@ -275,7 +320,8 @@ def mode_bound_lsb(mode: str, hi: int) -> int:
     """The documented worst case of a mode for outputs in [0, hi] and scales ``s <= 1``, 0 for Floating-point.
 
     ``floor(rho (hi + 3/2) + d) + 1``: ``|o| <= s/2 <= 1/2``, and d the offset's rounding, ``2^-15`` for the
-    fixed-point modes (``n >= 14`` when ``s <= 1``), 1/2 for the shift modes (``n`` may be 0). Every
+    fixed-point modes (``n >= 14`` when ``s <= 1``), 1/2 for the shift modes (``n`` may be 0) and for
+    Floating-point32 (its integer bias). Every
     layer of a network whose consecutive activation grids are alike has ``s <= 1``; otherwise
     :func:`error_bound_lsb` gives the bound.
     """
@@ -283,6 +329,8 @@ def mode_bound_lsb(mode: str, hi: int) -> int:
     if rho == 0:
         return 0
     offset_rounding = 2.0**-15 if mode in FIXED_BITS else 0.5
+    if mode == "Floating-point32":
+        return math.floor(rho * (hi + 2) + offset_rounding) + 1
     return math.floor(rho * (hi + 1.5) + offset_rounding) + 1
 
 
