@@ -51,6 +51,7 @@ from torch import Tensor, nn
 
 from qatrun.errors import ConfigError, DataError
 from qatrun.ini import Key
+from qatrun.quant import kernels
 from qatrun.quant.rounding import round_half_away, round_half_even
 from qatrun.quant.spec import RANGE, QuantSpec, bits
 
@@ -306,7 +307,13 @@ class SATActivationFunction(torch.autograd.Function):
 
 
 def sat_activation(x: Tensor, alpha: Tensor, steps: int) -> Tensor:
-    """SAT fake-quantized activations, differentiable in x and alpha as N2D2."""
+    """SAT fake-quantized activations, differentiable in x and alpha as N2D2.
+
+    A training step (gradient required) runs the fused kernels of :mod:`qatrun.quant.kernels` unless
+    ``QATRUN_KERNELS=eager``; everything else runs :class:`SATActivationFunction`.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad) and kernels.fused_enabled():
+        return kernels.FusedSATActivation.apply(x, alpha, steps)
     return SATActivationFunction.apply(x, alpha, steps)
 
 

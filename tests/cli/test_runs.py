@@ -74,7 +74,10 @@ def test_two_phase_qat_then_exact_fusion(tmp_path: Path, mnist_subset: Path) -> 
     phase1 = run_qatrun([QAT_CLAMP, "-learn-epoch", "1", "-seed", "5", *data], tmp_path)
     assert phase1.returncode == 0, phase1.stderr[-3000:]
     (tmp_path / "weights").rename(tmp_path / "weights_clamped")
-    phase2 = run_qatrun([QAT, "-learn-epoch", "1", "-seed", "5", "-w", "weights_clamped", *data], tmp_path)
+    # Phase 1 runs the eager quantizer kernels (tests/conftest.py), phase 2 the compiled ones (the default
+    # of a user's run): both through the real command.
+    phase2 = run_qatrun([QAT, "-learn-epoch", "1", "-seed", "5", "-w", "weights_clamped", *data], tmp_path,
+                        env={"QATRUN_KERNELS": "compiled"})
     assert phase2.returncode == 0, phase2.stderr[-3000:]
     rate = final_rate(phase2.stdout)
     # W4A4 after one short epoch per phase: a broken quantizer (all-zero levels, wrong grid, no gradient)

@@ -1,0 +1,106 @@
+"""The fused (compiled) SAT activation kernels against the eager quantizer: same values, same gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qatrun.errors import RunError
+from qatrun.quant import kernels
+from qatrun.quant.sat import SATActivationFunction, sat_activation
+
+
+@pytest.fixture
+def compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(kernels.ENV, "compiled")
+
+
+def _inputs(dtype: torch.dtype, shape: tuple[int, ...], alpha: float, steps: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(sum(shape) + steps)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * alpha).to(dtype)
+    flat = x.view(-1)
+    # Values on the edges: below 0, 0, the clip, above it, and exact rounding ties k + 1/2 of R x / a.
+    ties = (torch.arange(steps, dtype=torch.float64) + 0.5) * alpha / steps
+    special = torch.cat([torch.tensor([-1.0, -0.0, 0.0, alpha, alpha * 2, 1e-30], dtype=torch.float64), ties])
+    flat[: special.numel()] = special.to(dtype)[: flat.numel()]
+    return x
+
+
+CASES = [
+    (torch.float32, (4, 3, 9, 7), 4.0, 15),
+    (torch.float32, (2, 16, 5, 5), 0.37, 255),
+    (torch.float64, (3, 5, 6, 6), 2.5, 1),
+    (torch.float64, (64, 10), 10.0, 15),
+]
+
+
+@pytest.mark.parametrize(("dtype", "shape", "alpha", "steps"), CASES)
+def test_fused_forward_and_input_gradient_are_bit_identical(compiled: None, dtype, shape, alpha, steps) -> None:
+    x = _inputs(dtype, shape, alpha, steps)
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(dtype)
+    results = []
+    for fused in (True, False):
+        xi = x.clone().requires_grad_()
+        a = torch.tensor(alpha, dtype=dtype, requires_grad=True)
+        if fused:
+            y = kernels.FusedSATActivation.apply(xi, a, steps)
+        else:
+            y = SATActivationFunction.apply(xi, a, steps)
+        y.backward(grad)
+        results.append((y.detach(), xi.grad, a.grad))
+    (y_f, dx_f, da_f), (y_e, dx_e, da_e) = results
+    assert torch.equal(y_f, y_e)
+    assert torch.equal(dx_f, dx_e)
+    # The alpha gradient is one sum over the tensor: the compiled loop sums in another order.
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(da_f, da_e, rtol=tolerance, atol=tolerance * float(grad.abs().sum())), (da_f, da_e)
+
+
+def test_training_step_dispatches_to_fused_kernels(compiled: None) -> None:
+    x = torch.linspace(-1, 5, 60).reshape(3, 20).requires_grad_()
+    alpha = torch.tensor(4.0, requires_grad=True)
+    assert type(sat_activation(x, alpha, 15).grad_fn).__name__ == "FusedSATActivationBackward"
+    with torch.no_grad():  # evaluation: the eager function, nothing to compile
+        assert sat_activation(x, alpha, 15).grad_fn is None
+    assert type(sat_activation(x.detach(), alpha.detach(), 15).grad_fn).__name__ != "FusedSATActivationBackward"
+
+
+def test_eager_mode_never_compiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(kernels.ENV, "eager")
+    monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("torch.compile called in eager mode"))
+    x = torch.linspace(-1, 5, 60).requires_grad_()
+    y = sat_activation(x, torch.tensor(4.0, requires_grad=True), 15)
+    assert type(y.grad_fn).__name__ == "SATActivationFunctionBackward"
+
+
+def _failing_compile(*args, **kwargs):
+    def run(*a, **k):
+        raise RuntimeError("no C++ compiler")
+
+    return run
+
+
+def test_auto_mode_falls_back_to_eager_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(kernels.ENV, "auto")
+    monkeypatch.setattr(kernels, "KERNELS", kernels._Kernels())
+    monkeypatch.setattr(torch, "compile", _failing_compile)
+    x = torch.linspace(-1, 5, 60)
+    a = torch.tensor(4.0)
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        y = kernels.KERNELS.run(kernels.sat_act_forward, x, a, 15)
+    assert torch.equal(y, SATActivationFunction.apply(x, a, 15))
+    kernels.KERNELS.run(kernels.sat_act_forward, x, a, 15)  # no second warning (pytest would error on none)
+
+
+def test_compiled_mode_reports_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(kernels.ENV, "compiled")
+    monkeypatch.setattr(kernels, "KERNELS", kernels._Kernels())
+    monkeypatch.setattr(torch, "compile", _failing_compile)
+    with pytest.raises(RunError, match="QATRUN_KERNELS=compiled: torch.compile failed: RuntimeError"):
+        kernels.KERNELS.run(kernels.sat_act_forward, torch.ones(3), torch.tensor(1.0), 15)
+
+
+def test_unknown_mode_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(kernels.ENV, "fast")
+    with pytest.raises(RunError, match="QATRUN_KERNELS=fast: expected one of auto, compiled, eager"):
+        kernels.fused_enabled()
