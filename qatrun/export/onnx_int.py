@@ -49,14 +49,18 @@ for outputs below 8 bits. An Fc is the same 1x1 ``QLinearConv`` between two Resh
 ``QLinearConv`` over the ``Concat`` of its inputs with the branch multipliers on the diagonals (the zero
 points move into the bias). onnxruntime then runs its blocked int8 kernels (NHWC with graph optimizations
 on): 2-3x its float ``Conv`` at batch 256 on ResNet-20-sized layers (``scripts/bench_onnx.py``). A layer
-takes this form only where it is exact on every x86 CPU: uint8 input levels, weights in [-128, 127], an
-int32 accumulator, one output zero point, and ``2 max(q) max|W| <= 32767`` (MLAS's uint8 x int8 kernels
-on CPUs without AVX-512 VNNI/AVX-VNNI add pairs of products in int16 with saturation; 4-bit activations
-and weights are far below). Other layers (the 8-bit first convolution: its levels ``2k - 255`` are not
-int8) keep the exact accumulation above followed by the same arithmetic as ONNX operators:
-``Cast<float>(acc + B) * m``, ``Round`` (half to even), ``+ z``, ``Clip``.
+takes this form only where it is exact on every x86 CPU: uint8 input levels, an int32 accumulator, one
+output zero point, and int8 weights with ``2 max(q) max|W| <= 32767``: MLAS's uint8 x int8 kernels on
+CPUs without AVX-512 VNNI/AVX-VNNI add pairs of products in int16 with saturation (4-bit activations and
+weights are far below). Weights beyond that, such as the 8-bit first convolution's levels ``2k - 255`` on
+8-bit pixels, are split into slices ``W = sum_s W_s`` that each meet it, applied to copies of the input
+(``Concat``; up to 4 copies, ungrouped convolutions). Other layers keep the exact accumulation above
+followed by the same arithmetic as ONNX operators: ``Cast<float>(acc + B) * m``, then ``Round`` (half to
+even), ``+ z`` and ``Clip``, or one ``QuantizeLinear`` of scale 1 (``v / 1 = v``) for uint8 outputs.
+A global average pooling is a ``ReduceSum`` in int32 there (the same window sum).
 
-What is not reproduced: ``IntInput`` raises on inputs off the 1/255 grid; the ONNX graph rounds them.
+What is not reproduced: ``IntInput`` raises on inputs off the 1/255 grid; the ONNX graph rounds them (in
+float32 in the fast form: ``QuantizeLinear(255 x)``, the same levels wherever ``IntInput`` accepts x).
 The n2d2 flavour's float32 weights (not integers without ``-wt-round-mode RINTF``) and its float average
 pooling have no integer form here (float sums in another order would not be bit-identical): exporting
 them raises :class:`~qatrun.errors.RunError`.
@@ -83,6 +87,7 @@ from qatrun.net.layers import Permute, Reshape
 
 OPSET = 13
 INT32_LIMIT = 2**31
+MAX_INPUT_COPIES = 4  # weight slices over copies of the input (module note): 8-bit x 8-bit needs 4
 INT16_PAIR_LIMIT = 2**15 - 1  # MLAS uint8 x int8 without VNNI: |x0 w0 + x1 w1| must fit int16
 FUSED_MODE = "Floating-point32"
 FLOAT32_EXACT = 2**24
@@ -154,12 +159,12 @@ def integer_array(t: Tensor, name: str) -> np.ndarray:
     return t.detach().cpu().to(torch.int64).numpy()
 
 
-def weight_slices(w: np.ndarray) -> list[np.ndarray]:
-    """``W = sum_s W_s`` with every slice in [-128, 127] (one slice when W already fits)."""
+def weight_slices(w: np.ndarray, limit: int = 127) -> list[np.ndarray]:
+    """``W = sum_s W_s`` with every slice in [-limit - 1, limit] (one slice when W already fits)."""
     slices = []
     rest = w.astype(np.int64)
     while True:
-        part = np.clip(rest, -128, 127)
+        part = np.clip(rest, -limit - 1, limit)
         slices.append(part)
         rest = rest - part
         if not rest.any():
@@ -186,6 +191,8 @@ class IntWriter:
         self.env: dict[fx.Node, Any] = {}
         self._casts: dict[tuple[str, int], str] = {}
         self._planes: dict[tuple[str, int], list[tuple[str, str, int, int]]] = {}
+        # A Floating-point32 network gets the fast form (module note); other modes keep the general one.
+        self.fast = any(isinstance(mod, Rescale) and mod.mode == FUSED_MODE for mod in self.modules.values())
 
     # ------------------------------------------------------------------------------------------ helpers
 
@@ -312,12 +319,28 @@ class IntWriter:
         if not m.window_sum:
             raise RunError(f"{name}: the n2d2 flavour's float average pooling has no bit-exact ONNX form")
         x = self._levels(node.args[0], name)
-        channels = self.shapes[node.args[0]][1]  # type: ignore[index]
+        in_shape = self.shapes[node.args[0]]  # type: ignore[index]
+        if self.fast and tuple(m.kernel_size) == tuple(in_shape[2:]) and not any(m.padding):
+            self._global_sum(node, m, x)
+            return
+        channels = in_shape[1]
         ones = np.ones((channels, 1, *m.kernel_size), dtype=np.int64)
         attrs = {"strides": list(m.stride), "pads": [*m.padding, *m.padding], "group": channels}
         acc = self._accumulate(x, m.input_zero, ones, None, name, attrs)
         lo, hi = (x.lo - m.input_zero) * m.window, (x.hi - m.input_zero) * m.window
         self.env[node] = Levels(acc.name, acc.elem, lo, hi)
+
+    def _global_sum(self, node: fx.Node, m: IntAvgPool2d, x: Levels) -> None:
+        """A window covering the whole map: ``ReduceSum`` of ``q - z`` over H and W, in int32 (or int64)."""
+        name = str(node.target)
+        lo, hi = (x.lo - m.input_zero) * m.window, (x.hi - m.input_zero) * m.window
+        elem = TensorProto.INT32 if max(abs(lo), abs(hi), abs(x.lo), abs(x.hi)) < INT32_LIMIT else TensorProto.INT64
+        value = self._as(x, elem)
+        if m.input_zero:
+            value = self.g.op("Sub", [value, self.g.const("zero", np.array(m.input_zero, NUMPY_TYPES[elem]))],
+                              f"{name}_c")
+        axes = self.g.const("hw", np.array([2, 3], dtype=np.int64))
+        self.env[node] = Levels(self.g.op("ReduceSum", [value, axes], name, keepdims=1), elem, lo, hi)
 
     def add(self, node: fx.Node, m: IntAdd) -> None:
         name = str(node.target)
@@ -381,8 +404,9 @@ class IntWriter:
             self.env[node] = FloatOut(value)
             return
         if p.mode == FUSED_MODE:
-            levels = self._float32_rescale(value, elem, p, rank, name)
-        elif p.integer:
+            self.env[node] = self._float32_rescale(value, elem, p, rank, name)
+            return
+        if p.integer:
             levels = self._integer_rescale(value, elem, p, rank, name)
         else:
             dtype = np.float32 if p.float32 else np.float64
@@ -396,7 +420,7 @@ class IntWriter:
         out_elem = level_type(p.lo, p.hi)
         self.env[node] = Levels(self.g.cast(levels, out_elem, name), out_elem, p.lo, p.hi)
 
-    def _float32_rescale(self, value: str, elem: int, p: Any, rank: int, name: str) -> str:
+    def _float32_rescale(self, value: str, elem: int, p: Any, rank: int, name: str) -> Levels:
         """``clip(Round(Cast<float>(acc + B) * m) + z, lo, hi)``: Floating-point32 outside a QLinearConv."""
         if p.bias is not None:  # in float64, exact: both are integers below 2^53
             value = self.g.cast(value, TensorProto.DOUBLE, f"{name}_f64") if elem != TensorProto.DOUBLE else value
@@ -404,11 +428,26 @@ class IntWriter:
                               f"{name}_acc")
         v = self.g.cast(value, TensorProto.FLOAT, f"{name}_f32")  # one rounding to nearest even
         v = self.g.op("Mul", [v, self.g.const(f"{name}_m", self._channel(p.scale, rank, np.float32))], f"{name}_v")
+        return self._round_saturate(v, p, rank, name)
+
+    def _round_saturate(self, v: str, p: Any, rank: int, name: str) -> Levels:
+        """The levels ``clip(rne(v) + z, lo, hi)`` of a float32 ``v``: one QuantizeLinear (scale 1: ``v / 1``
+        is exact) for uint8 outputs with one zero point, else Round, Add, Clip, Cast."""
+        zero = p.offset.detach().cpu().to(torch.int64)
+        if 0 <= p.lo and p.hi <= 255 and zero.numel() and bool((zero == zero[0]).all()):
+            y = self.g.op("QuantizeLinear", [v, self.g.const("one", np.array(1.0, dtype=np.float32)),
+                                             self.g.const("zp", np.array(int(zero[0]), np.uint8))], f"{name}_q")
+            if (p.lo, p.hi) != (0, 255):
+                y = self.g.op("Clip", [y, self.g.const("lo", np.array(p.lo, np.uint8)),
+                                       self.g.const("hi", np.array(p.hi, np.uint8))], f"{name}_sat")
+            return Levels(y, TensorProto.UINT8, p.lo, p.hi)
         y = self.g.op("Round", [v], f"{name}_round")
         if bool(p.offset.any()):
             y = self.g.op("Add", [y, self.g.const(f"{name}_z", self._channel(p.offset, rank, np.float32))], f"{name}_z")
-        return self.g.op("Clip", [y, self.g.const("lo", np.array(p.lo, dtype=np.float32)),
-                                  self.g.const("hi", np.array(p.hi, dtype=np.float32))], f"{name}_sat")
+        y = self.g.op("Clip", [y, self.g.const("lo", np.array(p.lo, dtype=np.float32)),
+                               self.g.const("hi", np.array(p.hi, dtype=np.float32))], f"{name}_sat")
+        out_elem = level_type(p.lo, p.hi)
+        return Levels(self.g.cast(y, out_elem, name), out_elem, p.lo, p.hi)
 
     # --------------------------------------------------------------------------- the fast form: QLinearConv
 
@@ -444,10 +483,17 @@ class IntWriter:
             bias = bias + p.bias.detach().cpu().to(torch.int64).numpy()
         span = max(x_hi - x_zero, x_zero)
         l1 = np.abs(w).reshape(w.shape[0], -1).sum(axis=1)
-        if w.min() < -128 or w.max() > 127 or 2 * x_hi * int(np.abs(w).max()) > INT16_PAIR_LIMIT:
-            return None
         if float((l1 * span + np.abs(bias)).max()) >= INT32_LIMIT:
             return None
+        # Each product |w x| <= 2^14 - 1, so no pair of them saturates int16; weights beyond that (or beyond
+        # int8) are split into slices W = sum_s W_s, each applied to its own copy of the input.
+        limit = min(127, INT16_PAIR_LIMIT // (2 * x_hi)) if x_hi > 0 else 127
+        copies = max(1, math.ceil(int(np.abs(w).max()) / limit)) if w.size else 1
+        if copies > MAX_INPUT_COPIES or (copies > 1 and spatial.get("group", 1) != 1):
+            return None
+        if copies > 1:
+            w = np.concatenate(weight_slices(w, limit), axis=1)  # (O, copies * I, kH, kW)
+            x = self.g.op("Concat", [x] * copies, f"{name}_copies", axis=1)
         channels = w.shape[0]
         inputs = [
             x, self.g.const("one", np.array(1.0, dtype=np.float32)), self.g.const("zp", np.array(x_zero, np.uint8)),
@@ -531,6 +577,13 @@ class IntWriter:
             if steps > 255:
                 raise RunError(f"the network input has {steps + 1} levels: it does not fit a uint8 input")
             self.env[node] = Levels(x, TensorProto.UINT8, 0, steps)
+            return
+        if self.fast and steps == 255:
+            # float32 is enough where IntInput accepts x (|255 x - p| <= 1e-3): its product errs by 2^-16
+            p = self.g.op("Mul", [x, self.g.const("steps", np.array(float(steps), np.float32))], "x_scaled")
+            p = self.g.op("QuantizeLinear", [p, self.g.const("one", np.array(1.0, dtype=np.float32)),
+                                             self.g.const("zp", np.array(0, np.uint8))], "input_int")
+            self.env[node] = Levels(p, TensorProto.UINT8, 0, steps)
             return
         p = self.g.cast(x, TensorProto.DOUBLE, "x_f64")
         p = self.g.op("Mul", [p, self.g.const("steps", np.array(float(steps)))], "x_scaled")  # as x.double() * 255
