@@ -24,6 +24,14 @@ Anything else (a non-linear activation without quantizer, a BatchNorm that follo
 unquantized tensor reaching an integer layer) is a :class:`~qatrun.errors.RunError` naming the module.
 Each integer tensor carries its :class:`~qatrun.fuse.integerize.Grid` through the walk, so units follow
 the actual graph (residual branches included) rather than N2D2's single running ``(R_in, alpha_in)``.
+
+SAT weight levels are spaced by ``1 / (D S)`` (``Wq = n / (D S)``, D = R or floor(R/2), S the SAT scale
+or 1). The quantizer hands out that spacing as its float32 rescale (what ``QWeight.Mode=Integer`` trains
+with): ``float32(1/15)`` is 5.2e-8 above 1/15, enough to move a value 2.5e-8 below a rounding tie above
+it after a BatchNorm (measured: one ResNet-20 test image changed class). Fusion takes the spacing in
+float64 from its definition instead (:func:`sat_spacing`), so the integer network is exact to float64.
+Each :class:`FusedLayer` keeps the :class:`Definition` it was made from, for verification's exact
+arithmetic at rounding ties.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from fractions import Fraction
 
 import torch
 from torch import fx, nn
@@ -45,6 +54,7 @@ from qatrun.fuse.integerize import (
     FuseOptions,
     Grid,
     IntegerLayer,
+    WeightQuant,
     add_layer,
     exact_layer,
     n2d2_conv_bn,
@@ -54,6 +64,7 @@ from qatrun.fuse.intnet import IntAdd, IntAvgPool2d, IntConv2d, IntInput, IntLin
 from qatrun.fuse.reader import DefaultReader, QuantReader
 from qatrun.fuse.scaling import Requant, error_bound_lsb, product_fits
 from qatrun.net.layers import ElemWise, Permute, Reshape, Softmax
+from qatrun.quant.sat import sat_denominator
 
 PASS_THROUGH = (nn.Identity, nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.AlphaDropout)
 SHAPE_MODULES = (nn.Flatten, Reshape, Permute)
@@ -61,6 +72,44 @@ SHAPE_FUNCTIONS: set[Callable[..., object]] = {torch.flatten, torch.reshape, ope
 SHAPE_METHODS = {"flatten", "view", "reshape", "contiguous", "squeeze", "unsqueeze", "permute", "size", "detach"}
 ADD_FUNCTIONS: set[Callable[..., object]] = {operator.add, torch.add}
 INPUT_MODULE = "input_int"
+FLOAT32_SPACING = 2.0**-21  # a float32 rescale 1/(D S) lies within a few float32 roundings of the exact one
+
+
+def sat_spacing(w: WeightQuant) -> Fraction | None:
+    """The exact spacing ``1 / (D S)`` of SAT weight levels (S as the float it is), or None when ``w`` is not
+    SAT with levels, or its unit is not that spacing up to float32 rounding (a reader with another unit)."""
+    if w.method != "SAT" or w.levels is None or w.unit.numel() != 1 or w.scaling <= 0:
+        return None
+    exact = 1 / (sat_denominator(w.range, w.mode) * Fraction(w.scaling))
+    unit = float(w.unit)
+    return exact if abs(unit - float(exact)) <= FLOAT32_SPACING * float(exact) else None
+
+
+def _float64_spacing(w: WeightQuant) -> WeightQuant:
+    """SAT weights with their level spacing in float64 from its definition (module note)."""
+    exact = sat_spacing(w)
+    return w if exact is None else replace(w, unit=torch.tensor(float(exact), dtype=torch.float64))
+
+
+@dataclass(frozen=True)
+class Definition:
+    """The parameters of the quantized function an integer layer replaces, as the trained network holds them.
+
+    Verification evaluates the layer from these in exact arithmetic where a value lies at a rounding tie.
+
+    Attributes:
+        weights: the Conv/Fc's quantized weights (levels and spacing), else None.
+        bias: the Conv/Fc's float bias (C,), or None.
+        bn: the BatchNorm folded into it, or None.
+        act: the activation quantizer closing the layer (None: unquantized output).
+        terms: a Sum's ``(weights, shifts)``, each (n_inputs, C) or (n_inputs, 1), else None.
+    """
+
+    weights: WeightQuant | None = None
+    bias: torch.Tensor | None = None
+    bn: BatchNormParams | None = None
+    act: ActQuant | None = None
+    terms: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +132,7 @@ class FusedLayer:
         input_grids: their grids.
         pre: the source node feeding the activation quantizer (its value before rounding), if any.
         relu: a ReLU runs before that quantizer.
+        definition: the source parameters, for verification.
     """
 
     name: str
@@ -98,6 +148,7 @@ class FusedLayer:
     input_grids: tuple[Grid, ...] = ()
     pre: str | None = None
     relu: bool = False
+    definition: Definition | None = None
 
 
 @dataclass
@@ -241,6 +292,7 @@ class _Builder:
         if w is None:
             raise RunError(f"{name}: {type(module).__name__} has no weight quantizer; only quantized layers "
                            "have an integer form (use -fuse to fold BatchNorm in floating point)")
+        w = _float64_spacing(w)
         grid_in = self._grid(node.args[0], name)  # type: ignore[arg-type]
         chain = self._chain(node)
         bn = BatchNormParams.from_module(self.modules[_module_name(chain.bn)]) if chain.bn else None  # type: ignore
@@ -265,7 +317,8 @@ class _Builder:
         info = FusedLayer(
             name=name, kind="conv" if is_conv else "fc", out=layer.out, out_unit=layer.out_unit,
             bound_lsb=self._bound(rescale), layer=layer, mask=w.mask, inputs=(node.args[0].name,),  # type: ignore
-            input_grids=(grid_in,), **self._names(chain, node, name),  # type: ignore[arg-type]
+            input_grids=(grid_in,), definition=Definition(w, bias, bn, act),
+            **self._names(chain, node, name),  # type: ignore[arg-type]
         )
         self._close(chain, node, acc, info, rescale)
 
@@ -296,7 +349,9 @@ class _Builder:
         info = FusedLayer(
             name=name, kind="add", out=integer_add.out, out_unit=chain.act[1].unit,
             bound_lsb=self._bound(rescale, integer_add.error), inputs=tuple(a.name for a in inputs),
-            input_grids=tuple(grids), **self._names(chain, node, name),  # type: ignore[arg-type]
+            input_grids=tuple(grids),
+            definition=Definition(act=chain.act[1], terms=(weights, shifts)),
+            **self._names(chain, node, name),  # type: ignore[arg-type]
         )
         self._close(chain, node, acc, info, rescale)
 
@@ -314,6 +369,7 @@ class _Builder:
             name=f"{name}_acc", rescale=name, source=node.name, kind="requant", out=integer_add.out,
             out_unit=act.unit, bound_lsb=self._bound(rescale, integer_add.error), inputs=(source.name,),
             input_grids=(grid,), pre=source.name, relu=relu,
+            definition=Definition(act=act, terms=(ones, torch.zeros(1, 1))),
         )
         self._close(_Chain([]), node, acc, info, rescale)
 
