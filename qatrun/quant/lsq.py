@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from qatrun.errors import ConfigError, DataError
 from qatrun.ini import Key
+from qatrun.quant import kernels
 from qatrun.quant.rounding import round_half_away
 from qatrun.quant.spec import RANGE, QuantSpec, bits
 
@@ -138,7 +139,13 @@ class LSQFunction(torch.autograd.Function):
 
 
 def lsq_quantize(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
-    """LSQ fake-quantized ``x``, differentiable in x and in the step as N2D2."""
+    """LSQ fake-quantized ``x``, differentiable in x and in the step as N2D2.
+
+    A training step (gradient required) runs the fused kernels of :mod:`qatrun.quant.kernels` unless
+    ``QATRUN_KERNELS=eager``.
+    """
+    if torch.is_grad_enabled() and (x.requires_grad or step.requires_grad) and kernels.fused_enabled():
+        return kernels.FusedLSQ.apply(x, step, qn, qp)
     return LSQFunction.apply(x, step, qn, qp)
 
 

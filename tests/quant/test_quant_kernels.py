@@ -7,6 +7,7 @@ import torch
 
 from qatrun.errors import RunError
 from qatrun.quant import kernels
+from qatrun.quant.lsq import LSQFunction, lsq_quantize
 from qatrun.quant.sat import SATActivationFunction, sat_activation
 
 
@@ -104,3 +105,37 @@ def test_unknown_mode_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(kernels.ENV, "fast")
     with pytest.raises(RunError, match="QATRUN_KERNELS=fast: expected one of auto, compiled, eager"):
         kernels.fused_enabled()
+
+
+LSQ_CASES = [
+    (torch.float32, (4, 3, 9, 7), 0.25, (0, 15)),  # unsigned activations
+    (torch.float32, (16, 8, 3, 3), 0.013, (-8, 7)),  # 4-bit weights
+    (torch.float64, (5, 40), 0.5, (-128, 127)),
+]
+
+
+@pytest.mark.parametrize(("dtype", "shape", "step", "bounds"), LSQ_CASES)
+def test_fused_lsq_is_bit_identical_to_eager(compiled: None, dtype, shape, step, bounds) -> None:
+    qn, qp = bounds
+    g = torch.Generator().manual_seed(len(shape) + qp)
+    x = (torch.randn(shape, generator=g, dtype=torch.float64) * step * qp / 2).to(dtype)
+    flat = x.view(-1)
+    # The ends, beyond them, and exact ties (k + 1/2) s.
+    special = torch.tensor([qn * step, qp * step, (qn - 3) * step, (qp + 3) * step, 0.0, -0.0, 0.5 * step,
+                            -2.5 * step, 3.5 * step], dtype=torch.float64)
+    flat[: special.numel()] = special.to(dtype)
+    grad = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    results = []
+    for function in (kernels.FusedLSQ, LSQFunction):
+        xi = x.clone().requires_grad_()
+        s = torch.tensor(step, dtype=dtype, requires_grad=True)
+        y = function.apply(xi, s, qn, qp)
+        y.backward(grad)
+        results.append((y.detach(), xi.grad, s.grad))
+    (y_f, dx_f, ds_f), (y_e, dx_e, ds_e) = results
+    assert torch.equal(y_f, y_e)
+    assert torch.equal(dx_f, dx_e)
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
+    assert torch.allclose(ds_f, ds_e, rtol=tolerance, atol=tolerance * float(grad.abs().sum())), (ds_f, ds_e)
+    x_req = x.clone().requires_grad_()
+    assert type(lsq_quantize(x_req, torch.tensor(step, dtype=dtype), qn, qp).grad_fn).__name__ == "FusedLSQBackward"
