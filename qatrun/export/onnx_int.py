@@ -159,12 +159,13 @@ def integer_array(t: Tensor, name: str) -> np.ndarray:
     return t.detach().cpu().to(torch.int64).numpy()
 
 
-def weight_slices(w: np.ndarray, limit: int = 127) -> list[np.ndarray]:
-    """``W = sum_s W_s`` with every slice in [-limit - 1, limit] (one slice when W already fits)."""
+def weight_slices(w: np.ndarray, limit: int | None = None) -> list[np.ndarray]:
+    """``W = sum_s W_s`` with every slice in [-128, 127], or in [-limit, limit] (one slice when W already fits)."""
+    low, high = (-128, 127) if limit is None else (-limit, limit)
     slices = []
     rest = w.astype(np.int64)
     while True:
-        part = np.clip(rest, -limit - 1, limit)
+        part = np.clip(rest, low, high)
         slices.append(part)
         rest = rest - part
         if not rest.any():
@@ -481,9 +482,8 @@ class IntWriter:
         x, x_zero, x_hi, w, bias, spatial = operands
         if p.bias is not None:
             bias = bias + p.bias.detach().cpu().to(torch.int64).numpy()
-        span = max(x_hi - x_zero, x_zero)
         l1 = np.abs(w).reshape(w.shape[0], -1).sum(axis=1)
-        if float((l1 * span + np.abs(bias)).max()) >= INT32_LIMIT:
+        if float((l1 * max(x_hi, x_zero) + np.abs(bias)).max()) >= INT32_LIMIT:  # raw sum w q, and sum w (q - z)
             return None
         # Each product |w x| <= 2^14 - 1, so no pair of them saturates int16; weights beyond that (or beyond
         # int8) are split into slices W = sum_s W_s, each applied to its own copy of the input.
@@ -492,7 +492,9 @@ class IntWriter:
         if copies > MAX_INPUT_COPIES or (copies > 1 and spatial.get("group", 1) != 1):
             return None
         if copies > 1:
-            w = np.concatenate(weight_slices(w, limit), axis=1)  # (O, copies * I, kH, kW)
+            slices = weight_slices(w, limit)
+            assert len(slices) == copies, (len(slices), copies)
+            w = np.concatenate(slices, axis=1)  # (O, copies * I, kH, kW)
             x = self.g.op("Concat", [x] * copies, f"{name}_copies", axis=1)
         channels = w.shape[0]
         inputs = [
@@ -548,7 +550,9 @@ class IntWriter:
         for i in range(n):
             w[np.arange(channels), i * channels + np.arange(channels), 0, 0] = r[i]
         bias = -sum(r[i] * m.zeros[i] for i in range(n))
-        x = parts[0].name if n == 1 else self.g.op("Concat", [part.name for part in parts], f"{node.target}_cat", axis=1)
+        x = parts[0].name
+        if n > 1:
+            x = self.g.op("Concat", [part.name for part in parts], f"{node.target}_cat", axis=1)
         return x, 0, max(part.hi for part in parts), w, np.asarray(bias, dtype=np.int64), {"kernel_shape": [1, 1]}
 
     def _integer_rescale(self, value: str, elem: int, p: Any, rank: int, name: str) -> str:
