@@ -12,15 +12,21 @@ classifier, a 4-bit SAT quantizer after every BatchNorm and every residual sum).
 and quantizer state come from a few training-mode batches of random images. The timings are what they
 measure; the outputs mean nothing.
 
-The three files of a network are timed side by side: every repetition runs each of them in turn (the
-order rotating), and the table reports the median over repetitions. Each file is checked at export
-(onnxruntime, optimizations off) against the qatrun network; the integer file is also compared bit for
-bit with the optimizations the benchmark uses.
+Two integer-only files: ``int`` from the default fusion (Floating-point rescaling, float64 rescale operators)
+and ``int-fp32`` from ``-act-rescaling-mode Floating-point32``, whose layers onnxruntime runs as QLinearConv.
 
-Reading the numbers: the integer file is made to be exact, not fast. onnxruntime's CPU ConvInteger has
-none of the blocked kernels of its float Conv (on ResNet-20 it alone takes longer than the whole float
-network), and each layer's float64 rescale adds about six element-wise operators over the activations.
-The QDQ file is the one onnxruntime turns into int8 kernels when its optimizations are on.
+The four files of a network are timed side by side: every repetition runs each of them in turn (the
+order rotating), and the table reports the median over repetitions, and the throughput over the float
+file's as the median of per-repetition ratios (each ratio from runs moments apart, which a shared machine's
+varying load disturbs less). Each file is checked at export (onnxruntime, optimizations off) against the
+qatrun network; the integer files are also compared bit for bit with the optimizations the benchmark uses.
+
+Reading the numbers: the ``int`` file is made to be exact in the default mode, not fast: onnxruntime's CPU
+ConvInteger has none of the blocked kernels of its float Conv (on ResNet-20 it alone takes longer than the
+whole float network), and each layer's float64 rescale adds about six element-wise operators over the
+activations. The ``int-fp32`` file is exact too, in its own rescaling mode, and runs onnxruntime's int8
+kernels (its first convolution, with 8-bit weights, keeps ConvInteger). The QDQ file is the one
+onnxruntime turns into int8 kernels when its optimizations are on.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime
 import torch
 from torch import fx, nn
@@ -46,9 +53,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from qatrun import data, export, ini, net, quant  # noqa: E402
-from qatrun.fuse import integerize  # noqa: E402
+from qatrun.fuse import FuseOptions, integerize  # noqa: E402
 
-KINDS = {"float": "onnx", "qdq": "onnx-qdq", "int": "onnx-int"}
+KINDS = {"float": "onnx", "qdq": "onnx-qdq", "int": "onnx-int", "int-fp32": "onnx-int"}
+FUSED = {"int": FuseOptions(), "int-fp32": FuseOptions(rescaling="Floating-point32")}
 THROUGHPUT_BATCH = 256
 
 SAT_ACT = ("QAct=SAT", "QAct.Range=15", "QAct.Alpha=4.0")
@@ -126,40 +134,51 @@ def bench_model(name: str, args: argparse.Namespace, folder: Path) -> dict:
     """Builds, exports, checks and times one network."""
     path, overrides = MODELS[name]
     gm, shape = build(path, overrides)
-    int_gm, _ = integerize(gm)
+    int_gms = {kind: integerize(gm, options)[0] for kind, options in FUSED.items()}
     sample = images(shape, 64, 9)
     result: dict = {"ini": str(path.relative_to(ROOT)), "overrides": overrides,
                     "weights": export.weight_sizes(gm).as_dict(), "files": {}}
     runners = {}
     for kind, export_kind in KINDS.items():
         file = folder / f"{name}_{kind}.onnx"
-        report = export.export(export_kind, gm, int_gm, file, sample)
+        report = export.export(export_kind, gm, int_gms.get(kind), file, sample)
         print(report.summary(), flush=True)
         runners[kind] = export.OnnxRunner(file, optimize=args.optimize, threads=args.threads)
         result["files"][kind] = {"bytes": report.file_bytes, "check_max_abs_diff": report.max_abs_diff,
                                  "check_differing": report.differing, "check_ok": report.ok, "notes": report.notes}
         if report.layers is not None:
             result["files"][kind]["layer_check"] = vars(report.layers)
-    runner = runners["int"]
-    (out,) = runner.run_numpy(runner.feed(sample))
-    result["files"]["int"]["bit_identical_as_benchmarked"] = bool(np.array_equal(out, int_gm(sample).numpy()))
+    for kind, int_gm in int_gms.items():
+        (out,) = runners[kind].run_numpy(runners[kind].feed(sample))
+        result["files"][kind]["bit_identical_as_benchmarked"] = bool(np.array_equal(out, int_gm(sample).numpy()))
+        if kind == "int-fp32":
+            result["files"][kind]["qlinearconv_layers"] = count_ops(folder / f"{name}_{kind}.onnx")
     samples = measure(runners, shape, args.reps, args.calls)
+    base = samples["float"]["throughput"]
     for kind, values in samples.items():
+        ratios = [t / b for t, b in zip(values["throughput"], base)]
         result["files"][kind].update({
             "latency_ms": statistics.median(values["latency_ms"]),
             "throughput_img_s": statistics.median(values["throughput"]),
+            "throughput_vs_float": statistics.median(ratios),
             "samples": values,
         })
     return result
 
 
+def count_ops(path: Path) -> dict[str, int]:
+    """How many nodes of each accumulating type a file has (which layers took the QLinearConv form)."""
+    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    return {op: ops.count(op) for op in ("QLinearConv", "ConvInteger", "MatMulInteger") if op in ops}
+
+
 def table(results: dict) -> str:
     """The report as a fixed-width table."""
-    header = ("model", "file", "size", "latency b=1", "throughput b=256", "check")
+    header = ("model", "file", "size", "latency b=1", "throughput b=256", "vs float", "check")
     rows = [header]
     for model, result in results.items():
         for kind, f in result["files"].items():
-            if kind == "int":
+            if kind.startswith("int"):
                 check = "bit-identical" if f["check_ok"] else f"{f['check_differing']} values differ"
                 check += "" if f["bit_identical_as_benchmarked"] else " (not with these optimizations)"
             else:
@@ -169,7 +188,7 @@ def table(results: dict) -> str:
                     check += (f"; layer by layer {layers['flips']} of {layers['levels']:,} levels flipped, "
                               f"{layers['off_tie']} not at a float32 tie")
             rows.append((model, kind, f"{f['bytes'] / 1024:,.1f} KiB", f"{f['latency_ms']:.3f} ms",
-                         f"{f['throughput_img_s']:,.0f} img/s", check))
+                         f"{f['throughput_img_s']:,.0f} img/s", f"{f['throughput_vs_float']:.2f}x", check))
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -198,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
     meta = {
+        "load_average_start": os.getloadavg(),
         "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "python": platform.python_version(),
         "machine": platform.machine(), "cpu_count": os.cpu_count(), "threads": args.threads or "default",
         "graph_optimizations": "all" if args.optimize else "off", "reps": args.reps, "calls": args.calls,
@@ -212,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         results = {name: bench_model(name, args, folder) for name in args.models}
     print()
     print(table(results))
+    meta["load_average_end"] = os.getloadavg()
     args.out.write_text(json.dumps({"meta": meta, "models": results}, indent=2) + "\n")
+    print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     print(f"\nwritten: {args.out}")
     return 0
 
