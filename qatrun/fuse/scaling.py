@@ -183,6 +183,8 @@ def requantize(acc: Tensor, p: Requant) -> Tensor:
     if p.mode == "Floating-point32":
         a = acc.double() if p.bias is None else acc.double() + _per_channel(p.bias.double(), acc)  # exact integers
         v = a.to(torch.float32) * _per_channel(p.scale.to(torch.float32), acc)  # one float32 product
+        reach = max(abs(p.lo), abs(p.hi)) + int(p.offset.abs().max()) + 1 if p.offset.numel() else 1
+        v = v.clamp(-reach, reach)  # saturates alike, and keeps huge products inside int64 below
         y = torch.round(v).to(torch.int64) + _per_channel(p.offset.to(torch.int64), acc)
     elif p.integer:
         assert p.multiplier is not None and p.shift is not None

@@ -127,3 +127,10 @@ def test_command_line_accepts_the_mode() -> None:
     assert args.act_rescaling_mode == MODE
     with pytest.raises(QatrunError, match="invalid choice: 'Floating-point64'"):
         build_parser().parse_args(["net.ini", "-act-rescaling-mode", "Floating-point64"])
+
+
+def test_huge_products_saturate() -> None:
+    """v = 2^40 * 2^30 is far beyond int64: it still saturates to hi (and -v to lo)."""
+    p = fp32([2.0**30], 0, 0, 15)
+    acc = torch.tensor([[2.0**40], [-(2.0**40)]], dtype=torch.float64)
+    assert requantize(acc, p)[:, 0].tolist() == [15, 0]
