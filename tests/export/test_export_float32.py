@@ -103,14 +103,14 @@ def test_default_mode_keeps_its_graph(tmp_path: Path) -> None:
 # One rescale on accumulators chosen to hit its corner cases: acc = p - 128 + B for every pixel p
 
 
-def rescale_network(requant: Requant, bias: torch.Tensor) -> fx.GraphModule:
+def rescale_network(requant: Requant, bias: torch.Tensor, weight: int = 1) -> fx.GraphModule:
     graph = fx.Graph()
     x = graph.placeholder("x")
     flat = graph.call_function(torch.flatten, (graph.call_module("input_int", (x,)), 1))
     graph.output(graph.call_module("fc_act", (graph.call_module("fc", (flat,)),)))
     root = {
         "input_int": IntInput(),
-        "fc": IntLinear(torch.eye(16, dtype=torch.int64), bias, input_zero=128, input_span=128),
+        "fc": IntLinear(weight * torch.eye(16, dtype=torch.int64), bias, input_zero=128, input_span=128),
         "fc_act": Rescale(requant),
     }
     return fx.GraphModule(root, graph)
@@ -125,7 +125,7 @@ def fp32(scale: torch.Tensor, zero: int, lo: int, hi: int, bias: torch.Tensor | 
                    rounding="half_even", bias=bias)
 
 
-CASES = {  # name: (requant, the layer's bias, QLinearConv expected)
+CASES = {  # name: (requant, the layer's bias, QLinearConv expected): acc = p - 128 + bias
     "ties-u8": (fp32(HALVES, 100, 0, 255), torch.zeros(16, dtype=torch.float64), True),
     "ties-u4": (fp32(HALVES, 3, 0, 15), torch.arange(16, dtype=torch.float64) - 8, True),
     "wide-bias": (fp32(torch.full((16,), 2.0**-20, dtype=torch.float64), 0, 0, 255),
@@ -133,17 +133,23 @@ CASES = {  # name: (requant, the layer's bias, QLinearConv expected)
     "requant-bias": (fp32(HALVES, 0, 0, 255, torch.arange(16, dtype=torch.int64) * 7), torch.zeros(16), True),
     "signed": (fp32(HALVES, 0, -100, 100), torch.zeros(16, dtype=torch.float64), False),
 }
+# acc = 320 (p - 128): |w| = 320 needs 5 slices of 64 on 8-bit pixels, one more than the fast form takes,
+# so MatMulInteger and the float32 operators ending in QuantizeLinear; scale 2^-7: 2.5 (p - 128), ties
+WIDE = fp32(torch.full((16,), 2.0**-7, dtype=torch.float64), 7, 0, 255)
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [*CASES, "ties-u8-general-form"])
 def test_rescale_corner_cases(case: str, tmp_path: Path) -> None:
-    requant, bias, fused = CASES[case]
+    weight = 320 if case == "ties-u8-general-form" else 1
+    requant, bias, fused = CASES.get(case, (WIDE, torch.zeros(16, dtype=torch.float64), False))
     x = torch.from_numpy(PIXELS / 255).float().reshape(16, 1, 4, 4)
-    export_int(rescale_network(requant, bias), tmp_path / "r.onnx", x)
+    export_int(rescale_network(requant, bias, weight), tmp_path / "r.onnx", x)
     ops = {node.op_type for node in onnx.load(tmp_path / "r.onnx").graph.node}
     assert ("QLinearConv" in ops) == fused
-    # The plain reference: acc = p - 128 + bias, then the mode's arithmetic in numpy.
-    total = PIXELS - 128 + bias.numpy().astype(np.int64)
+    if weight > 1:
+        assert "QuantizeLinear" in ops and "MatMulInteger" in ops
+    # The plain reference: acc = weight (p - 128) + bias, then the mode's arithmetic in numpy.
+    total = weight * (PIXELS - 128) + bias.numpy().astype(np.int64)
     if requant.bias is not None:
         total = total + requant.bias.numpy()
     v = total.astype(np.float32) * requant.scale.numpy().astype(np.float32)
