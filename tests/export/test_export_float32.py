@@ -20,7 +20,7 @@ from qatrun.export import export
 from qatrun.export.onnx_int import export_int, weight_slices
 from qatrun.export.runtime import OnnxRunner
 from qatrun.fuse import FuseOptions
-from qatrun.fuse.intnet import IntInput, IntLinear, Rescale
+from qatrun.fuse.intnet import IntConv2d, IntInput, IntLinear, Rescale
 from qatrun.fuse.scaling import Requant
 
 MODE = "Floating-point32"
@@ -167,3 +167,31 @@ def test_symmetric_slices_keep_every_product_below_2_to_the_14() -> None:
     assert len(slices) == 4 and np.array_equal(sum(slices), w)
     assert all(np.abs(s).max() <= 64 for s in slices)
     assert len(weight_slices(np.array([[-128]]), 127)) == 2  # -128 is not within +-127
+
+
+def test_padding_with_a_zero_point(tmp_path: Path) -> None:
+    """QLinearConv pads with x_zero_point, as IntConv2d pads with real zeros (levels equal to the zero point):
+    a 3x3 convolution, padding 1, input zero point 100, against the plain convolution of ``p - 100``."""
+    gen = torch.Generator().manual_seed(8)
+    weight = torch.randint(-7, 8, (5, 2, 3, 3), generator=gen)
+    bias = torch.randint(-50, 50, (5,), generator=gen).double()
+    graph = fx.Graph()
+    x = graph.placeholder("x")
+    graph.output(graph.call_module("act", (graph.call_module("conv", (graph.call_module("input_int", (x,)),)),)))
+    requant = fp32(torch.full((16,), 0.125, dtype=torch.float64), 4, 0, 15)
+    root = {
+        "input_int": IntInput(),
+        "conv": IntConv2d(weight, bias, padding=(1, 1), input_zero=100, input_span=155),
+        "act": Rescale(Requant(MODE, requant.scale[:5], requant.offset[:5], 0, 15, rounding="half_even")),
+    }
+    int_gm = fx.GraphModule(root, graph)
+    pixels = torch.randint(0, 256, (3, 2, 6, 6), generator=gen)
+    export_int(int_gm, tmp_path / "pad.onnx", pixels / 255)
+    assert "QLinearConv" in {node.op_type for node in onnx.load(tmp_path / "pad.onnx").graph.node}
+    acc = torch.nn.functional.conv2d((pixels - 100).double(), weight.double(), padding=1) + bias.view(-1, 1, 1)
+    v = acc.numpy().astype(np.float32) * np.float32(0.125)
+    expected = np.clip(np.rint(v) + 4, 0, 15)
+    for optimize in (False, True):
+        runner = OnnxRunner(tmp_path / "pad.onnx", optimize=optimize)
+        (out,) = runner.run_numpy(runner.feed(pixels / 255))
+        assert np.array_equal(out, expected), optimize
