@@ -18,7 +18,9 @@ Three variants of each network, each built by ``qatrun.pipeline.build_network`` 
 * float: the QAT network with its quantizers swapped back out (``quant.unprepare``): the same graph, the
   same layers and initial weights, no quantizer; where a SAT activation quantizer was the ReLU (its clip at
   0 after a ``Linear`` activation, the QAT INIs' convention), a ``nn.ReLU`` takes its place;
-* qatrun QAT: the network as the INI describes it;
+* qatrun QAT: the network as the INI describes it, with the process's ``QATRUN_KERNELS`` (default ``auto``:
+  the fused, compiled quantizer kernels of ``qatrun.quant.kernels``; the first step, untimed, compiles them);
+  ``--eager`` adds the same network with ``QATRUN_KERNELS=eager`` as a fourth variant;
 * torch.ao: the float network made plain for torch.ao (the ``Identity`` modules of N2D2's ``Linear``
   activations removed, so that Conv-BatchNorm(-ReLU) fuse, and unit-weight ElemWise sums turned into
   ``+``), then FX-mode QAT: ``prepare_qat_fx`` with ``get_default_qat_qconfig_mapping("x86")`` (8-bit fused
@@ -41,13 +43,14 @@ far more than the float one. ``--threads 1`` (or ``OMP_WAIT_POLICY=PASSIVE``) me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import operator
 import os
 import statistics
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,6 +74,7 @@ RESNET_W4A4 = (  # the same recipe as scripts/bench_onnx.py
     + ["[fc]QWeight=SAT", "[fc]QWeight.Range=255", "[fc]QWeight.ApplyScaling=1"]
 )
 VARIANTS = ("float", "qatrun-QAT", "torch.ao")
+EAGER = "qatrun-eager"  # --eager: qatrun's QAT with QATRUN_KERNELS=eager (no fused quantizer kernels)
 
 
 def network_recipes() -> dict[str, tuple[Path, list[str]]]:
@@ -188,6 +192,21 @@ def torch_ao_trainee(ini: Path, overrides: list[str], example: torch.Tensor) -> 
                    + (f"; {unmatched} parameters without an INI solver" if unmatched else ""))
 
 
+@contextlib.contextmanager
+def kernels_for(variant: str) -> Iterator[None]:
+    """``QATRUN_KERNELS=eager`` while the eager variant runs, the process's own setting otherwise."""
+    saved = os.environ.get("QATRUN_KERNELS")
+    if variant == EAGER:
+        os.environ["QATRUN_KERNELS"] = "eager"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("QATRUN_KERNELS", None)
+        else:
+            os.environ["QATRUN_KERNELS"] = saved
+
+
 def step(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     """One training step as ``train.learn`` takes it: forward, loss / B, backward, N2D2 update."""
     out = trainee.model(x)
@@ -233,30 +252,34 @@ def bench_network(name: str, ini: Path, overrides: list[str], args: argparse.Nam
         "float": lambda: float_trainee(ini, overrides),
         "qatrun-QAT": lambda: qat_trainee(ini, overrides),
         "torch.ao": lambda: torch_ao_trainee(ini, overrides, batches[0][0][:2]),
+        EAGER: lambda: qat_trainee(ini, overrides),
     }
-    trainees = {v: makers[v]() for v in VARIANTS}
+    variants = VARIANTS + ((EAGER,) if args.eager else ())
+    trainees = {v: makers[v]() for v in variants}
     for v, t in trainees.items():
         print(f"   {v:<11} {t.note}", flush=True)
 
     # Warm-up (first-call costs), then a per-step estimate that fixes the step count.
     estimate = {}
     for v, t in trainees.items():
-        timed_steps(t, batches, 2, batch_size, [])
-        estimate[v] = timed_steps(t, batches, 2, batch_size, []) / 2
+        with kernels_for(v):
+            timed_steps(t, batches, 2, batch_size, [])
+            estimate[v] = timed_steps(t, batches, 2, batch_size, []) / 2
     steps = args.steps or max(3, math.ceil(args.target_seconds / estimate["float"]))
     print("   per-step estimate: " + ", ".join(f"{v} {s * 1e3:.0f} ms" for v, s in estimate.items())
           + f" -> {steps} steps per measurement", flush=True)
 
-    cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
 
     def measure(variant: str) -> float:
         # Every measurement starts from the initial weights: the same computation each time, and no drift
         # into a diverged state (torch.ao's fused Conv-BatchNorm diverges on these solvers after ~40 steps).
         trainees[variant] = makers[variant]()
-        timed_steps(trainees[variant], batches, 1, batch_size, [])  # the new modules' first call, untimed
-        return timed_steps(trainees[variant], batches, steps, batch_size, cpu[variant])
+        with kernels_for(variant):
+            timed_steps(trainees[variant], batches, 1, batch_size, [])  # the new modules' first call, untimed
+            return timed_steps(trainees[variant], batches, steps, batch_size, cpu[variant])
 
-    times = common.interleaved([(v, lambda v=v: measure(v)) for v in VARIANTS], args.repetitions,
+    times = common.interleaved([(v, lambda v=v: measure(v)) for v in variants], args.repetitions,
                                label=f"{name} ")
     result = {
         "ini": str(ini.relative_to(common.ROOT)),
@@ -274,7 +297,10 @@ def bench_network(name: str, ini: Path, overrides: list[str], args: argparse.Nam
         "qat_over_torch_ao": common.ratio_figures(times["qatrun-QAT"], times["torch.ao"]),
         "cpu_qat_over_float": common.ratio_figures(cpu["qatrun-QAT"], cpu["float"]),
         "cpu_torch_ao_over_float": common.ratio_figures(cpu["torch.ao"], cpu["float"]),
+        "kernels": os.environ.get("QATRUN_KERNELS", "auto"),
     }
+    if args.eager:
+        result["eager_over_float"] = common.ratio_figures(times[EAGER], times["float"])
     if args.profile:
         result["profile"] = profile(trainees, batches, batch_size, min(steps, 10))
     return result
@@ -322,6 +348,10 @@ def report(results: dict[str, dict]) -> None:
               f"torch.ao/float {a['median_of_ratios']:.3f} (per rep {', '.join(f'{x:.3f}' for x in a['ratios'])}); "
               f"faster QAT: {faster}; CPU-time ratios QAT/float {cq['median_of_ratios']:.3f}, "
               f"torch.ao/float {ca['median_of_ratios']:.3f}")
+        if "eager_over_float" in r:
+            e = r["eager_over_float"]
+            print(f"{name}: qatrun QAT with QATRUN_KERNELS=eager over float {e['median_of_ratios']:.3f} "
+                  f"(per rep {', '.join(f'{x:.3f}' for x in e['ratios'])})")
 
 
 def main() -> int:
@@ -332,6 +362,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=0, help="steps per measurement (overrides --target-seconds)")
     parser.add_argument("--repetitions", type=int, default=3, help="interleaved repetitions [3]")
     parser.add_argument("--batches", type=int, default=16, help="distinct batches read and cycled [16]")
+    parser.add_argument("--eager", action="store_true",
+                        help="also time qatrun's QAT with QATRUN_KERNELS=eager (the unfused quantizer kernels)")
     parser.add_argument("--profile", action="store_true", help="profile the float and QAT steps afterwards")
     parser.add_argument("--threads", type=int, default=0, help="torch threads [torch's default]")
     args = parser.parse_args()

@@ -139,3 +139,4 @@ def test_fused_lsq_is_bit_identical_to_eager(compiled: None, dtype, shape, step,
     assert torch.allclose(ds_f, ds_e, rtol=tolerance, atol=tolerance * float(grad.abs().sum())), (ds_f, ds_e)
     x_req = x.clone().requires_grad_()
     assert type(lsq_quantize(x_req, torch.tensor(step, dtype=dtype), qn, qp).grad_fn).__name__ == "FusedLSQBackward"
+
