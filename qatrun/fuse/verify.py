@@ -367,19 +367,23 @@ def _sum_comparator(definition: Definition, grids: tuple[Grid, ...], channel: in
 
 def _exact_level(compare: Callable[[Fraction], int], approx: float, rounding: str, zero: int, lo: int,
                  hi: int) -> int:
-    """The quantizer's level ``sat(round(x / u) + zero)``, given ``compare(t) = sign(x / u - t)`` exactly and
-    ``approx`` within float error of ``x / u``: ties go away from zero (``half_away``) or to even."""
-    k = math.floor(approx + 0.5)
-    below, above = Fraction(2 * k - 1, 2), Fraction(2 * k + 1, 2)
-    low = compare(below)
-    if low < 0:
-        level = k - 1
-    elif low == 0:
-        level = _resolve_tie(k - 1, rounding)
-    else:
-        high = compare(above)
-        level = k + 1 if high > 0 else _resolve_tie(k, rounding) if high == 0 else k
-    return min(max(level + zero, lo), hi)
+    """The quantizer's level ``sat(round(x / u) + zero)``, given ``compare(t) = sign(x / u - t)`` exactly.
+
+    ``approx`` (a float evaluation of ``x / u``) is where the search starts; the level is then moved until
+    ``x / u`` lies between its two ties, within the saturation range, so a far-off ``approx`` only costs steps.
+    Ties go away from zero (``half_away``) or to the even neighbour.
+    """
+    first, last = lo - zero - 1, hi - zero + 1  # beyond these, saturation decides
+    k = min(max(math.floor(approx + 0.5), first), last)
+    while k > first and compare(Fraction(2 * k - 1, 2)) < 0:
+        k -= 1
+    while k < last and compare(Fraction(2 * k + 1, 2)) > 0:
+        k += 1
+    if compare(Fraction(2 * k - 1, 2)) == 0:
+        k = _resolve_tie(k - 1, rounding)
+    elif compare(Fraction(2 * k + 1, 2)) == 0:
+        k = _resolve_tie(k, rounding)
+    return min(max(k + zero, lo), hi)
 
 
 def _resolve_tie(k: int, rounding: str) -> int:

@@ -5,9 +5,10 @@ conv1 (SAT 4-bit, level 15: Wq = 1) -> bn1 -> SAT a4 (alpha 6) -> a;  conv2 (the
 
 bn1's beta puts pixel 200 at 2.4e-7 below the tie 7.5 of bn1_act, where float32 rounds up; the sum's units
 (0.4 + 0.4 -> 0.8) make every odd q_a + q_b an exact tie; bn2 has a gain of half a level per accumulator unit
-(q_a = 8 gives 4.25), so a bias off by one moves bn2 levels. At pixel 200 float32 takes q_a = 8, q_b = 4, sum 6,
-class 0; the exact network q_a = 7, q_b = 0, sum 3.5 -> 4, class 1. Expected levels are computed here in plain decimal or
-integer arithmetic.
+(q_a = 8 gives 4.25), so a bias off by one moves bn2 levels. At pixel 200 float32 takes q_a = 8, q_b = 4,
+sum 6, class 0; the exact network q_a = 7, q_b = 0, sum 3.5 -> 4, class 1. Expected levels are computed
+here in plain decimal or integer arithmetic. Last, the exact rounding itself, on rationals: ties, their
+neighbours 1e-30 away, saturation, zero points.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from qatrun.fuse import integerize, verify
+from qatrun.fuse.verify import _exact_level
 from qatrun.quant import (
     QuantConv2d,
     QuantizedActivation,
@@ -115,8 +117,8 @@ def test_float32_tie_differs_from_the_integer_network_and_is_explained(net: fx.G
     assert float(report.layers[0].definition.weights.unit) == float(Fraction(1, 15))  # not float32(1/15)
     levels = integer_levels(int_gm, ("bn1_act", "bn2_act", "sum_act"))
     assert int(levels["bn1_act"][PIXEL]) == 7
-    assert all(int(levels["bn1_act"][p]) == int((bn1_exact(p) + Decimal("0.5")).to_integral_value(rounding="ROUND_FLOOR"))
-               for p in range(256) if bn1_exact(p) > 0)
+    half_up = [int((bn1_exact(p) + Decimal("0.5")).to_integral_value(rounding="ROUND_FLOOR")) for p in range(256)]
+    assert levels["bn1_act"].tolist() == [min(max(level, 0), 15) for level in half_up]
 
     result = verify(net, int_gm, report, [pixels()])
     checks = {layer.name: layer for layer in result.layers}
@@ -157,3 +159,26 @@ def test_float32_spacing_fails(net: fx.GraphModule) -> None:
     result = verify(net, int_gm, report, [pixels()])
     check = next(layer for layer in result.layers if layer.name == "bn1_act")
     assert not result.ok and check.unexplained == 1 and check.ties >= 1, str(result)
+
+
+@pytest.mark.parametrize(
+    ("x", "approx", "rounding", "zero", "lo", "hi", "level"),
+    [
+        (Fraction(5, 2), 2.5, "half_away", 0, 0, 15, 3),
+        (Fraction(-5, 2), -2.5, "half_away", 0, -10, 10, -3),
+        (Fraction(5, 2), 2.5, "half_even", 0, 0, 15, 2),
+        (Fraction(7, 2), 3.5, "half_even", 0, 0, 15, 4),
+        (Fraction(5, 2) - Fraction(1, 10**30), 2.5, "half_away", 0, 0, 15, 2),  # below the tie, float says tie
+        (Fraction(5, 2) + Fraction(1, 10**30), 2.5, "half_even", 0, 0, 15, 3),
+        (Fraction(7), 0.0, "half_away", 0, 0, 15, 7),  # a far-off start
+        (Fraction(100), 15.0, "half_away", 0, 0, 15, 15),  # saturated
+        (Fraction(-3), 0.0, "half_away", 0, 0, 15, 0),
+        (Fraction(1, 2), 0.5, "half_away", 3, 0, 255, 4),  # zero point: round(x / u) + z
+        (Fraction(-1, 2), -0.5, "half_away", 3, 0, 255, 2),
+    ],
+)
+def test_exact_level(x: Fraction, approx: float, rounding: str, zero: int, lo: int, hi: int, level: int) -> None:
+    def compare(t: Fraction) -> int:
+        return (x > t) - (x < t)
+
+    assert _exact_level(compare, approx, rounding, zero, lo, hi) == level
