@@ -113,7 +113,10 @@ def test_torchrun_two_processes_match_one(tmp_path: Path, mnist_subset: Path) ->
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Final recognition rate:") == 1  # rank 0 alone speaks
     print(f"torchrun 2 processes: {final_rate(proc.stdout)}%, one process: {final_rate(single.stdout)}%")
-    assert abs(final_rate(proc.stdout) - final_rate(single.stdout)) <= 0.5
+    # Not the same trajectory: each rank normalises BatchNorm over its half batch, and float sums in another
+    # order drift apart over 4 epochs (one process alone gave 93.7% with 1 thread and 95.5% with 2). On 1,000
+    # test images that noise is about 1 point; a run whose ranks do not train together stays far below.
+    assert abs(final_rate(proc.stdout) - final_rate(single.stdout)) <= 3.0
 
 
 def test_only_rank_0_writes(tmp_path: Path, mnist_subset: Path) -> None:
