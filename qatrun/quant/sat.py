@@ -234,6 +234,8 @@ class SATWeightFunction(torch.autograd.Function):
     def forward(  # type: ignore[override]
         ctx: Any, w: Tensor, steps: int, mode: str, quantize: bool, n_out: int | None, integer: bool
     ) -> tuple[Tensor, Tensor]:
+        if mode == "Default" and quantize and not integer:
+            return _sat_default_forward(ctx, w, steps, n_out)
         t, m = sat_normalize(w)
         wq, n, denom = sat_levels(t, steps, mode, quantize)
         s = sat_scale(wq, n_out) if n_out is not None else torch.ones((), dtype=w.dtype, device=w.device)
@@ -253,9 +255,38 @@ class SATWeightFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor, _grad_s: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         w, factor = ctx.saved_tensors
-        sech = 1 / torch.cosh(w)
-        grad_w = grad * (sech * sech) * factor * ctx.c
+        # g (1/cosh W)^2 factor c, in place on one temporary (each step the same operation as written out;
+        # 1/x is torch's reciprocal, and c = 1 is skipped: x * 1.0 == x).
+        grad_w = torch.cosh(w).reciprocal_()
+        grad_w = grad_w.mul_(grad_w).mul_(grad).mul_(factor)
+        if ctx.c != 1.0:
+            grad_w.mul_(ctx.c)
         return grad_w, None, None, None, None, None
+
+
+def _sat_default_forward(ctx: Any, w: Tensor, steps: int, n_out: int | None) -> tuple[Tensor, Tensor]:
+    """SATWeightFunction's forward for its most common case (Default mode, quantized, float levels).
+
+    The arithmetic of :func:`sat_normalize`, :func:`sat_levels` and the scaling step for step (same values
+    to the bit), in place on one temporary: a QAT step calls this once per layer, and for small layers the
+    operations' fixed costs were most of the quantizer's time.
+    """
+    t = torch.tanh(w)
+    m = t.abs().max()
+    m = torch.where(m > 0, m, 1.0)
+    # u = 0.5 (t + 1); k = rint(R u); Wq = 2 (k (1/R)) - 1
+    wq = t.div_(m).add_(1).mul_(0.5).mul_(steps).round_().mul_(1 / steps).mul_(2).sub_(1)
+    if n_out is None:
+        s = torch.ones((), dtype=w.dtype, device=w.device)
+        factor = m.reciprocal()  # 1 / (M S) with S = 1
+    else:
+        s = sat_scale(wq, n_out)
+        wq = wq.div_(s)
+        factor = (m * s).reciprocal()
+    ctx.save_for_backward(w, factor)
+    ctx.c = 1.0
+    ctx.mark_non_differentiable(s)
+    return wq, s
 
 
 def sat_weight(
