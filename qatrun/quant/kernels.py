@@ -1,20 +1,25 @@
 """Fused element-wise kernels for the training step of the activation quantizers.
 
 Why. An activation quantizer sits where the float network has its ReLU, on tensors of millions of
-elements. Written as PyTorch operations, SAT's forward and backward (LSQ's alike) are a dozen passes over memory (clip,
-divide, scale, floor, compare, add, multiply; then two compares, the gradient mask, the residue, the
-alpha product and its sum), each with its own temporary: 17 ms for a 128x16x32x32 tensor on two CPU cores,
-where the ReLU it replaces takes 1.1 ms forward and backward. That made a ResNet-20 QAT step twice the float
-step. Compiled by ``torch.compile`` (Inductor: C++/OpenMP loops on the CPU, Triton on CUDA), the same
-operations become one loop for the forward (read x, write y) and one for the backward (read x and the
-incoming gradient, write the input gradient, accumulate the alpha gradient): 0.43 + 0.88 ms, ReLU's cost.
+elements. Written as PyTorch operations, SAT's forward and backward (LSQ's alike) are a dozen passes over
+memory (clip, divide, scale, floor, compare, add, multiply; then two compares, the gradient mask, the
+residue, the alpha product and its sum), each with its own temporary: 17 ms for a 128x16x32x32 tensor on two
+CPU cores, where the ReLU it replaces takes 1.1 ms forward and backward. That made a ResNet-20 QAT step twice
+the float step. Compiled by ``torch.compile`` (Inductor: C++/OpenMP loops on the CPU, Triton on CUDA), the
+same operations become one loop for the forward (read x, write y) and one for the backward (read x and the
+incoming gradient, write the input gradient, accumulate the alpha gradient).
 
-What is computed. The functions below are the quantizer's formulas (:mod:`qatrun.quant.sat`) in the same
-operations and the same order as the eager code, so the compiled forward and input gradient are
-bit-identical to it (element-wise IEEE operations; checked by ``tests/quant/test_quant_kernels.py``). The
-alpha gradient is a sum over the tensor: compiled, it is summed in another order, which changes its float
-rounding (relative 1e-7 in float32), not its value. The backward recomputes ``q`` and the level from ``x``
-instead of saving them: two fewer activation-sized tensors per quantizer kept for the backward pass.
+What is computed. The quantizer's formulas (:mod:`qatrun.quant.sat`, :mod:`qatrun.quant.lsq`) with the
+divisions by the clip (or step) and by the Range replaced by multiplications with reciprocals computed once:
+two divisions per element made the compiled forward compute-bound (2M elements: 0.62 ms with divisions,
+0.23 ms without; backward 0.92 -> 0.51 ms). So ``q = clip(x) (1/a)`` may differ from the eager
+``clip(x) / a`` in its last bit, and the level with it only where ``R q`` lies within that bit of a rounding
+tie; ``y = level (a/R)`` likewise in its last bit. The input gradient's mask depends on ``x`` and ``a`` alone
+and is identical; the alpha gradient is the same sum in another order (float rounding only). These are the
+training step's values; evaluation, testing, fusion and every exported network use the eager functions,
+which compute N2D2's own float order (``tests/quant/test_quant_kernels.py`` checks both relations). The
+backward recomputes the levels from ``x`` instead of saving them: two fewer activation-sized tensors per
+quantizer kept between forward and backward.
 
 The weight quantizers stay eager: weight tensors are small, and there a compiled call (its guards, ~20 us)
 saves nothing over a dozen eager operations (measured on LeNet's five SAT weight quantizers, forward and
@@ -59,35 +64,31 @@ def _round_half_away(v: Tensor) -> Tensor:
     return torch.copysign(whole + (magnitude - whole >= 0.5).to(v.dtype), v)
 
 
-def sat_act_forward(x: Tensor, a: Tensor, steps: int) -> Tensor:
-    """SAT activation ``y = round(R clip(x, 0, a) / a) / R a`` (``a = |alpha|``, ``R = steps``)."""
-    q = torch.minimum(x.clamp(min=0), a) / a
-    level = _round_half_away(steps * q)
-    return (level / steps) * a
+def sat_act_forward(x: Tensor, a: Tensor, inverse: Tensor, spacing: Tensor, steps: int) -> Tensor:
+    """SAT activation ``y = round(R (clip(x, 0, a) (1/a))) (a/R)`` (the backward's levels, operation for operation)."""
+    level = _round_half_away((torch.minimum(x.clamp(min=0), a) * inverse) * steps)
+    return level * spacing
 
 
-def sat_act_backward(x: Tensor, a: Tensor, grad: Tensor, steps: int) -> tuple[Tensor, Tensor]:
-    """SAT activation gradients ``(dx, dalpha)`` from the input ``x`` and the output gradient."""
-    q = torch.minimum(x.clamp(min=0), a) / a
-    level = _round_half_away(steps * q)
-    inside = torch.logical_and(x > 0, x <= a)
-    grad_x = inside.to(grad.dtype) * grad
-    local = torch.where(x >= a, torch.ones((), dtype=grad.dtype), level / steps - q)
+def sat_act_backward(x: Tensor, a: Tensor, inverse: Tensor, grad: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    """SAT activation gradients ``(dx, dalpha)`` from the input ``x`` and the output gradient (``inverse = 1/a``)."""
+    q = torch.minimum(x.clamp(min=0), a) * inverse
+    level = _round_half_away(q * steps)
+    grad_x = torch.where(torch.logical_and(x > 0, x <= a), grad, 0.0)
+    local = torch.where(x >= a, 1.0, level * (1.0 / steps) - q)
     return grad_x, (grad * local).sum()
 
 
-def lsq_forward(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
-    """LSQ ``y = s round(clamp(x / s, Qn, Qp))``."""
-    level = _round_half_away((x / step).clamp(qn, qp))
-    return step * level
+def lsq_forward(x: Tensor, inverse: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
+    """LSQ ``y = s round(clamp(x (1/s), Qn, Qp))``."""
+    return step * _round_half_away((x * inverse).clamp(qn, qp))
 
 
-def lsq_backward(x: Tensor, step: Tensor, grad: Tensor, qn: int, qp: int) -> tuple[Tensor, Tensor]:
+def lsq_backward(x: Tensor, inverse: Tensor, grad: Tensor, qn: int, qp: int) -> tuple[Tensor, Tensor]:
     """LSQ gradients ``(dx, sum g dy/ds)`` (the step gradient before LSQ's gradient scale)."""
-    v = x / step
+    v = x * inverse
     level = _round_half_away(v.clamp(qn, qp))
-    inside = torch.logical_and(v > qn, v < qp)
-    grad_x = grad * inside.to(grad.dtype)
+    grad_x = torch.where(torch.logical_and(v > qn, v < qp), grad, 0.0)
     local = torch.where(v <= qn, float(qn), torch.where(v >= qp, float(qp), level - v))
     return grad_x, (grad * local).sum()
 
@@ -154,12 +155,13 @@ class FusedSATActivation(torch.autograd.Function):
         a = alpha.abs()
         ctx.save_for_backward(x, alpha)
         ctx.steps = steps
-        return KERNELS.run(sat_act_forward, x, a, steps)
+        return KERNELS.run(sat_act_forward, x, a, 1 / a, a / steps, steps)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, alpha = ctx.saved_tensors
-        grad_x, grad_alpha = KERNELS.run(sat_act_backward, x, alpha.abs(), grad.contiguous(), ctx.steps)
+        a = alpha.abs()
+        grad_x, grad_alpha = KERNELS.run(sat_act_backward, x, a, 1 / a, grad.contiguous(), ctx.steps)
         return grad_x, grad_alpha.reshape(alpha.shape).to(alpha.dtype), None
 
 
@@ -170,12 +172,12 @@ class FusedLSQ(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, step)
         ctx.bounds = (qn, qp)
-        return KERNELS.run(lsq_forward, x, step, qn, qp)
+        return KERNELS.run(lsq_forward, x, 1 / step, step, qn, qp)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, step = ctx.saved_tensors
         qn, qp = ctx.bounds
-        grad_x, total = KERNELS.run(lsq_backward, x, step, grad.contiguous(), qn, qp)
+        grad_x, total = KERNELS.run(lsq_backward, x, 1 / step, grad.contiguous(), qn, qp)
         grad_scale = 1 / math.sqrt(x.numel() * qp)
         return grad_x, (total * grad_scale).reshape(step.shape), None, None
