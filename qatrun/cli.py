@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -87,12 +88,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "ACTIVE"}
+"""OpenMP settings qatrun gives its own process unless the environment sets them.
+
+An OpenMP worker thread that finds no work spins for a while, then sleeps, and waking it costs more than a
+small operation. A QAT step has more short operations, with Python between them, than the float step, so
+with the default policy its threads sleep and wake far more often: on two cores the SAT W4A4 ResNet-20 step
+took 1.33 float steps with the default policy and 1.03 with active waiting, the float step the same 235 ms
+(``scripts/bench_qat_overhead.py``, ResNet-20, 3 repetitions each). Active waiting keeps idle threads
+spinning between operations: on a machine shared with other compute jobs, set ``OMP_WAIT_POLICY=PASSIVE``.
+Under torchrun (``OMP_NUM_THREADS=1``) there is no worker thread to wait.
+"""
+
+
+def apply_openmp_defaults() -> None:
+    """Sets :data:`OPENMP_DEFAULTS` where the environment has no value, before torch loads OpenMP."""
+    if "torch" in sys.modules:  # OpenMP read its environment when torch was loaded: too late
+        return
+    for key, value in OPENMP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs qatrun; returns the exit status (0 success, 2 user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "-debug" in argv
     try:
         args = build_parser().parse_args(argv)
+        apply_openmp_defaults()
         from qatrun import pipeline  # imported here so that -h answers without loading torch
 
         return pipeline.run(args)

@@ -35,9 +35,11 @@ the float measurement lasts about ``--target-seconds``; the repetitions interlea
 Each measurement rebuilds its model from the seeded initial weights and takes one untimed step first, so all
 measurements of a variant do the same computation.
 
-On a loaded machine, OpenMP's default wait policy makes every parallel op wait for a descheduled thread (a
-2M-element ReLU took 8 ms instead of 0.2 ms on a 2-core machine at load 4): the op-heavy QAT step suffers
-far more than the float one. ``--threads 1`` (or ``OMP_WAIT_POLICY=PASSIVE``) measures the code instead.
+OpenMP: the script applies the qatrun command's defaults (``qatrun.cli.OPENMP_DEFAULTS``:
+``OMP_WAIT_POLICY=ACTIVE`` unless the environment sets it) before torch loads, so every variant runs as under
+``qatrun``. Otherwise idle worker threads fall asleep between the QAT step's many short operations and each
+wake-up costs more than the operation; ``OMP_WAIT_POLICY=PASSIVE`` shows that case. ``--threads 1`` measures
+the code alone.
 """
 
 from __future__ import annotations
@@ -54,8 +56,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-from torch import fx, nn
+# The qatrun command's OpenMP settings (qatrun.cli.OPENMP_DEFAULTS, unless the environment sets them), applied
+# before torch loads OpenMP, so that all variants run as under the command.
+from qatrun.cli import apply_openmp_defaults  # noqa: E402  (imports no torch)
+
+apply_openmp_defaults()
+
+import torch  # noqa: E402
+from torch import fx, nn  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as common  # noqa: E402

@@ -136,3 +136,20 @@ def test_only_rank_0_writes(tmp_path: Path, mnist_subset: Path) -> None:
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert (tmp_path / "rank0" / "weights_validation").is_dir()
     assert list((tmp_path / "rank1").iterdir()) == []
+
+
+def _wait_policy(code: str, env: dict[str, str]) -> str:
+    clean = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    proc = subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def test_openmp_defaults_apply_before_torch_and_yield_to_the_environment() -> None:
+    code = ("import os; from qatrun.cli import apply_openmp_defaults; apply_openmp_defaults(); "
+            "print(os.environ.get('OMP_WAIT_POLICY'))")
+    assert _wait_policy(code, {}) == "ACTIVE"
+    assert _wait_policy(code, {"OMP_WAIT_POLICY": "PASSIVE"}) == "PASSIVE"
+    late = "import torch, os; " + code.split("; ", 1)[1]  # torch already loaded OpenMP: nothing to change
+    assert _wait_policy(late, {}) == "None"
