@@ -64,29 +64,32 @@ def _round_half_away(v: Tensor) -> Tensor:
     return torch.copysign(whole + (magnitude - whole >= 0.5).to(v.dtype), v)
 
 
-def sat_act_forward(x: Tensor, a: Tensor, inverse: Tensor, spacing: Tensor, steps: int) -> Tensor:
-    """SAT activation ``y = round(R (clip(x, 0, a) (1/a))) (a/R)`` (the backward's levels, operation for operation)."""
-    level = _round_half_away((torch.minimum(x.clamp(min=0), a) * inverse) * steps)
-    return level * spacing
+def sat_act_forward(x: Tensor, alpha: Tensor, steps: int) -> Tensor:
+    """SAT activation ``y = round(R (clip(x, 0, a) (1/a))) (a/R)``, ``a = |alpha|`` (the backward's levels,
+    operation for operation)."""
+    a = alpha.abs()
+    level = _round_half_away((torch.minimum(x.clamp(min=0), a) * (1 / a)) * steps)
+    return level * (a / steps)
 
 
-def sat_act_backward(x: Tensor, a: Tensor, inverse: Tensor, grad: Tensor, steps: int) -> tuple[Tensor, Tensor]:
-    """SAT activation gradients ``(dx, dalpha)`` from the input ``x`` and the output gradient (``inverse = 1/a``)."""
-    q = torch.minimum(x.clamp(min=0), a) * inverse
+def sat_act_backward(x: Tensor, alpha: Tensor, grad: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    """SAT activation gradients ``(dx, dalpha)`` from the input ``x`` and the output gradient."""
+    a = alpha.abs()
+    q = torch.minimum(x.clamp(min=0), a) * (1 / a)
     level = _round_half_away(q * steps)
     grad_x = torch.where(torch.logical_and(x > 0, x <= a), grad, 0.0)
     local = torch.where(x >= a, 1.0, level * (1.0 / steps) - q)
     return grad_x, (grad * local).sum()
 
 
-def lsq_forward(x: Tensor, inverse: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
+def lsq_forward(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
     """LSQ ``y = s round(clamp(x (1/s), Qn, Qp))``."""
-    return step * _round_half_away((x * inverse).clamp(qn, qp))
+    return step * _round_half_away((x * (1 / step)).clamp(qn, qp))
 
 
-def lsq_backward(x: Tensor, inverse: Tensor, grad: Tensor, qn: int, qp: int) -> tuple[Tensor, Tensor]:
+def lsq_backward(x: Tensor, step: Tensor, grad: Tensor, qn: int, qp: int) -> tuple[Tensor, Tensor]:
     """LSQ gradients ``(dx, sum g dy/ds)`` (the step gradient before LSQ's gradient scale)."""
-    v = x * inverse
+    v = x * (1 / step)
     level = _round_half_away(v.clamp(qn, qp))
     grad_x = torch.where(torch.logical_and(v > qn, v < qp), grad, 0.0)
     local = torch.where(v <= qn, float(qn), torch.where(v >= qp, float(qp), level - v))
@@ -147,22 +150,22 @@ def fused_enabled() -> bool:
 class FusedSATActivation(torch.autograd.Function):
     """``apply(x, alpha, steps) -> y``: :class:`qatrun.quant.sat.SATActivationFunction` on fused kernels.
 
-    Saves only ``x`` and ``alpha`` for the backward, which recomputes the levels.
+    Saves only ``x`` and ``alpha`` for the backward, which recomputes the levels. The scalars (``|alpha|``,
+    its reciprocal) are computed inside the compiled functions: each eager operation on a 0-dim tensor costs
+    about as much as a kernel on a small activation.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, alpha: Tensor, steps: int) -> Tensor:  # type: ignore[override]
-        a = alpha.abs()
         ctx.save_for_backward(x, alpha)
         ctx.steps = steps
-        return KERNELS.run(sat_act_forward, x, a, 1 / a, a / steps, steps)
+        return KERNELS.run(sat_act_forward, x, alpha, steps)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, alpha = ctx.saved_tensors
-        a = alpha.abs()
-        grad_x, grad_alpha = KERNELS.run(sat_act_backward, x, a, 1 / a, grad.contiguous(), ctx.steps)
-        return grad_x, grad_alpha.reshape(alpha.shape).to(alpha.dtype), None
+        grad_x, grad_alpha = KERNELS.run(sat_act_backward, x, alpha, grad.contiguous(), ctx.steps)
+        return grad_x, grad_alpha, None
 
 
 class FusedLSQ(torch.autograd.Function):
@@ -172,12 +175,11 @@ class FusedLSQ(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, step)
         ctx.bounds = (qn, qp)
-        return KERNELS.run(lsq_forward, x, 1 / step, step, qn, qp)
+        return KERNELS.run(lsq_forward, x, step, qn, qp)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         x, step = ctx.saved_tensors
         qn, qp = ctx.bounds
-        grad_x, total = KERNELS.run(lsq_backward, x, 1 / step, grad.contiguous(), qn, qp)
-        grad_scale = 1 / math.sqrt(x.numel() * qp)
-        return grad_x, (total * grad_scale).reshape(step.shape), None, None
+        grad_x, total = KERNELS.run(lsq_backward, x, step, grad.contiguous(), qn, qp)
+        return grad_x, (total * (1 / math.sqrt(x.numel() * qp))).reshape(step.shape), None, None

@@ -109,9 +109,9 @@ def test_auto_mode_falls_back_to_eager_with_one_warning(monkeypatch: pytest.Monk
     x = torch.linspace(-1, 5, 60)
     a = torch.tensor(4.0)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
-        y = kernels.KERNELS.run(kernels.sat_act_forward, x, a, 1 / a, a / 15, 15)
-    assert torch.equal(y, kernels.sat_act_forward(x, a, 1 / a, a / 15, 15))
-    kernels.KERNELS.run(kernels.sat_act_forward, x, a, 1 / a, a / 15, 15)  # no second warning (pytest would error on none)
+        y = kernels.KERNELS.run(kernels.sat_act_forward, x, a, 15)
+    assert torch.equal(y, kernels.sat_act_forward(x, a, 15))
+    kernels.KERNELS.run(kernels.sat_act_forward, x, a, 15)  # no second warning (pytest would error on none)
 
 
 def test_compiled_mode_reports_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,8 +119,7 @@ def test_compiled_mode_reports_a_failure(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(kernels, "KERNELS", kernels._Kernels())
     monkeypatch.setattr(torch, "compile", _failing_compile)
     with pytest.raises(RunError, match="QATRUN_KERNELS=compiled: torch.compile failed: RuntimeError"):
-        kernels.KERNELS.run(kernels.sat_act_forward, torch.ones(3), torch.tensor(1.0), torch.tensor(1.0),
-                            torch.tensor(1 / 15), 15)
+        kernels.KERNELS.run(kernels.sat_act_forward, torch.ones(3), torch.tensor(1.0), 15)
 
 
 def test_unknown_mode_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
