@@ -14,8 +14,9 @@ divisions by the clip (or step) and by the Range replaced by multiplications wit
 two divisions per element made the compiled forward compute-bound (2M elements: 0.62 ms with divisions,
 0.23 ms without; backward 0.92 -> 0.51 ms). So ``q = clip(x) (1/a)`` may differ from the eager
 ``clip(x) / a`` in its last bit, and the level with it only where ``R q`` lies within that bit of a rounding
-tie; ``y = level (a/R)`` likewise in its last bit. The input gradient's mask depends on ``x`` and ``a`` alone
-and is identical; the alpha gradient is the same sum in another order (float rounding only). These are the
+tie; ``y = level (a/R)`` likewise in its last bit. SAT's input-gradient mask depends on ``x`` and ``a`` alone
+and is identical (LSQ's compares ``x (1/s)`` with the ends: it may differ within a rounding of an end); the
+alpha (step) gradient is the same sum in another order, over the residues of the levels computed here. These are the
 training step's values; evaluation, testing, fusion and every exported network use the eager functions,
 which compute N2D2's own float order (``tests/quant/test_quant_kernels.py`` checks both relations). The
 backward recomputes the levels from ``x`` instead of saving them: two fewer activation-sized tensors per
