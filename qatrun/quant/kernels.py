@@ -48,6 +48,7 @@ import torch
 from torch import Tensor
 
 from qatrun.errors import RunError
+from qatrun.quant.rounding import round_half_away
 
 MODES = ("auto", "compiled", "eager")
 ENV = "QATRUN_KERNELS"
@@ -58,18 +59,11 @@ RECOMPILE_LIMIT = 256
 # The math, as plain tensor functions (what gets compiled)
 
 
-def _round_half_away(v: Tensor) -> Tensor:
-    # The formula of qatrun.quant.rounding.round_half_away, written out of place for the compiler.
-    magnitude = v.abs()
-    whole = torch.floor(magnitude)
-    return torch.copysign(whole + (magnitude - whole >= 0.5).to(v.dtype), v)
-
-
 def sat_act_forward(x: Tensor, alpha: Tensor, steps: int) -> Tensor:
     """SAT activation ``y = round(R (clip(x, 0, a) (1/a))) (a/R)``, ``a = |alpha|`` (the backward's levels,
     operation for operation)."""
     a = alpha.abs()
-    level = _round_half_away((torch.minimum(x.clamp(min=0), a) * (1 / a)) * steps)
+    level = round_half_away((torch.minimum(x.clamp(min=0), a) * (1 / a)) * steps)
     return level * (a / steps)
 
 
@@ -77,7 +71,7 @@ def sat_act_backward(x: Tensor, alpha: Tensor, grad: Tensor, steps: int) -> tupl
     """SAT activation gradients ``(dx, dalpha)`` from the input ``x`` and the output gradient."""
     a = alpha.abs()
     q = torch.minimum(x.clamp(min=0), a) * (1 / a)
-    level = _round_half_away(q * steps)
+    level = round_half_away(q * steps)
     grad_x = torch.where(torch.logical_and(x > 0, x <= a), grad, 0.0)
     local = torch.where(x >= a, 1.0, level * (1.0 / steps) - q)
     return grad_x, (grad * local).sum()
@@ -85,13 +79,13 @@ def sat_act_backward(x: Tensor, alpha: Tensor, grad: Tensor, steps: int) -> tupl
 
 def lsq_forward(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
     """LSQ ``y = s round(clamp(x (1/s), Qn, Qp))``."""
-    return step * _round_half_away((x * (1 / step)).clamp(qn, qp))
+    return step * round_half_away((x * (1 / step)).clamp(qn, qp))
 
 
 def lsq_backward(x: Tensor, step: Tensor, grad: Tensor, qn: int, qp: int) -> tuple[Tensor, Tensor]:
     """LSQ gradients ``(dx, sum g dy/ds)`` (the step gradient before LSQ's gradient scale)."""
     v = x * (1 / step)
-    level = _round_half_away(v.clamp(qn, qp))
+    level = round_half_away(v.clamp(qn, qp))
     grad_x = torch.where(torch.logical_and(v > qn, v < qp), grad, 0.0)
     local = torch.where(v <= qn, float(qn), torch.where(v >= qp, float(qp), level - v))
     return grad_x, (grad * local).sum()
