@@ -56,11 +56,7 @@ def build_network(ini_path: str, overrides: list[str]) -> Network:
     except DataError as err:
         missing_data = err  # the summary needs no data, unless a value refers to the epoch size
     try:
-        plans = {}
-        for cell in gm.cells.values():
-            plan = _quant_plan(doc, cell)
-            if plan is not None:
-                plans[net.module_name(cell.name)] = plan
+        plans = quant_plans(doc, gm)
         gm = quant.prepare(gm, plans)
         network = Network(doc=doc, spec=spec, gm=gm, plans=plans)
         network.solvers = solver_triples(network)
@@ -70,6 +66,17 @@ def build_network(ini_path: str, overrides: list[str]) -> Network:
                             f"found ({missing_data})", err.location, err.section, err.key) from err
         raise
     return network
+
+
+def quant_plans(doc: ini.Document, gm: torch.fx.GraphModule) -> dict[str, quant.QuantPlan]:
+    """The quantizers the INI gives the cells of ``gm`` (built from ``doc``), by module name, for
+    ``quant.prepare``."""
+    plans = {}
+    for cell in gm.cells.values():
+        plan = _quant_plan(doc, cell)
+        if plan is not None:
+            plans[net.module_name(cell.name)] = plan
+    return plans
 
 
 def _quant_plan(doc: ini.Document, cell: net.Cell) -> quant.QuantPlan | None:

@@ -52,7 +52,7 @@ from torch import fx, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qatrun import data, export, ini, net, quant  # noqa: E402
+from qatrun import data, export, ini, net, pipeline, quant  # noqa: E402
 from qatrun.fuse import FuseOptions, integerize  # noqa: E402
 
 KINDS = {"float": "onnx", "qdq": "onnx-qdq", "int": "onnx-int", "int-fp32": "onnx-int"}
@@ -88,12 +88,7 @@ def build(path: Path, overrides: list[str]) -> tuple[fx.GraphModule, tuple[int, 
     spec.inject_epoch_size(1)  # solver schedules may refer to [sp]_EpochSize; nothing here learns or reads data
     shape = spec.input_shape
     gm = net.build(doc, shape)
-    plans = {}
-    for cell in gm.cells.values():
-        plan = quant.plan_for(cell.section, doc.params(cell.section))
-        if plan is not None:
-            plans[net.module_name(cell.name)] = plan
-    gm = quant.prepare(gm, plans)
+    gm = quant.prepare(gm, pipeline.quant_plans(doc, gm))
     for module in gm.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # cumulative averages over the calibration batches

@@ -9,7 +9,7 @@ import functools
 import torch
 from torch import Tensor, fx, nn
 
-from qatrun import ini, net, quant
+from qatrun import ini, net, pipeline, quant
 from qatrun.fuse import FuseOptions, integerize
 
 # LeNet as models/LeNet-QAT.ini (SAT W4A4, 8-bit conv1 and fc2), with a 4-bit activation quantizer on fc1:
@@ -394,12 +394,7 @@ def build(kind: str, seed: int = 0) -> fx.GraphModule:
     torch.manual_seed(seed)
     doc = ini.loads(TEXTS[kind], path=f"<{kind}>")
     gm = net.build(doc, SHAPES[kind])
-    plans = {}
-    for cell in gm.cells.values():
-        plan = quant.plan_for(cell.section, doc.params(cell.section))
-        if plan is not None:
-            plans[net.module_name(cell.name)] = plan
-    gm = quant.prepare(gm, plans)
+    gm = quant.prepare(gm, pipeline.quant_plans(doc, gm))
     for module in gm.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # cumulative averages over the calibration batches

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from torch.nn import functional as F
 
-from qatrun import net, quant
+from qatrun import net, pipeline, quant
 from qatrun.errors import ConfigError
 from qatrun.ini import Document, loads
 from qatrun.net import layers
@@ -302,16 +302,8 @@ def test_relu_sections_replace_the_activation_and_hold_its_qact(files: Files) ->
     assert bn2.act_section is None and bn2.activation == "Rectifier" and type(gm.bn2_act) is nn.ReLU
     assert add.act_section.name == "relu3" and isinstance(gm.add_act, nn.Hardtanh)
     assert (gm.add_act.min_val, gm.add_act.max_val) == (0.0, 6.0)
-    # What the pipeline does: QWeight* from the cell's section, QAct* from act_section or section.
-    plans = {}
-    for cell in gm.cells.values():
-        weights = quant.plan_for(cell.section, doc.params(cell.section)) if cell.section is not None else None
-        act_section = cell.act_section or cell.section
-        act = quant.plan_for(act_section, doc.params(act_section)) if act_section is not None else None
-        if act is not None and act.act is not None:
-            weights = dataclasses.replace(weights, act=act.act, act_solver=act.act_solver) if weights else act
-        if weights is not None:
-            plans[cell.module_name] = weights
+    # The pipeline's plans: QWeight* from the cell's section, QAct* from act_section or section.
+    plans = pipeline.quant_plans(doc, gm)
     assert set(plans) == {"conv1", "conv2", "conv3", "bn1", "add"}
     assert plans["bn1"].act.range == 15 and plans["bn1"].act_solver.settings == {"LearningRate": "0.05"}
     doc.check_strict()  # every key of every override section was read by net or quant
