@@ -28,7 +28,6 @@ Writes ``bench_accuracy.json`` (``--json``) with every figure and the exact comm
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import re
 import shutil
@@ -38,6 +37,8 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from qatrun.data.formats import write_idx_subset
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -176,15 +177,7 @@ def mnist_subset(folder: Path, learn: int, test: int) -> Path:
     for name, count in (("train", learn), ("t10k", test)):
         for kind in ("images-idx3", "labels-idx1"):
             stem = f"{name}-{kind}-ubyte.gz"
-            raw = gzip.decompress((MNIST / stem).read_bytes())
-            ndim = raw[3]
-            dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-            item = 1
-            for d in dims[1:]:
-                item *= d
-            header = raw[:4] + count.to_bytes(4, "big") + raw[8: 4 + 4 * ndim]
-            body = raw[4 + 4 * ndim: 4 + 4 * ndim + count * item]
-            (folder / stem).write_bytes(gzip.compress(header + body, mtime=0))
+            write_idx_subset(MNIST / stem, folder / stem, count)
     return folder
 
 

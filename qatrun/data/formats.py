@@ -197,3 +197,15 @@ def read_image(path: Path) -> torch.Tensor:
         return torch.from_numpy(array.copy())[None]
     bgr = array[..., [2, 1, 0, 3]] if array.shape[2] == 4 else array[..., ::-1]
     return torch.from_numpy(np.ascontiguousarray(bgr.transpose(2, 0, 1)))
+
+
+def write_idx_subset(source: Path, target: Path, count: int) -> None:
+    """Writes the first ``count`` items of an IDX file (raw or ``.gz``) to ``target``, gzip-compressed with no
+    time stamp: the same format with a smaller count, for test and benchmark subsets of a real data set."""
+    data = _read_bytes(source)
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    item = int(np.prod(dims[1:]))
+    start = 4 + 4 * ndim
+    header = data[:4] + count.to_bytes(4, "big") + data[8:start]
+    target.write_bytes(gzip.compress(header + data[start : start + count * item], mtime=0))

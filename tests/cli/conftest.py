@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import pytest
 
+from qatrun.data.formats import write_idx_subset
+
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "qatrun" / "data" / "mnist"
-
-
-def _idx_subset(source: Path, target: Path, count: int) -> None:
-    """Writes the first ``count`` items of an IDX file (gzip), keeping its header format."""
-    raw = gzip.decompress(source.read_bytes())
-    ndim = raw[3]
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    item = 1
-    for d in dims[1:]:
-        item *= d
-    header = raw[:4] + count.to_bytes(4, "big") + raw[8: 4 + 4 * ndim]
-    body = raw[4 + 4 * ndim: 4 + 4 * ndim + count * item]
-    target.write_bytes(gzip.compress(header + body, mtime=0))
 
 
 @pytest.fixture(scope="session")
@@ -31,5 +19,5 @@ def mnist_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name, count in (("train", 6000), ("t10k", 1000)):
         for kind in ("images-idx3", "labels-idx1"):
             stem = f"{name}-{kind}-ubyte.gz"
-            _idx_subset(SHIPPED / stem, folder / stem, count)
+            write_idx_subset(SHIPPED / stem, folder / stem, count)
     return folder

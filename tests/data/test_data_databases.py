@@ -36,6 +36,20 @@ def test_mnist_idx_raw_and_gz(tmp_path: Path, gz: bool) -> None:
     assert db.sizes() == {"Learn": 24, "Validation": 6, "Test": 7}
 
 
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_subset_keeps_the_first_items(tmp_path: Path, gz: bool) -> None:
+    train, train_labels, _, _ = mnist_folder(tmp_path / "full", 30, 7, gz)
+    suffix = ".gz" if gz else ""
+    (tmp_path / "sub").mkdir()
+    for kind in ("images-idx3", "labels-idx1"):
+        formats.write_idx_subset(tmp_path / "full" / f"train-{kind}-ubyte{suffix}",
+                                 tmp_path / "sub" / f"train-{kind}-ubyte.gz", 12)
+    images = formats.read_idx_images(tmp_path / "sub" / "train-images-idx3-ubyte.gz")
+    labels = formats.read_idx_labels(tmp_path / "sub" / "train-labels-idx1-ubyte.gz")
+    assert images.shape == (12, 1, 28, 28) and np.array_equal(images[:, 0].numpy(), train[:12])
+    assert labels.tolist() == train_labels[:12].tolist()
+
+
 def test_mnist_idx_bad_magic_and_size(tmp_path: Path) -> None:
     bad = tmp_path / "x-idx3-ubyte"
     bad.write_bytes((2049).to_bytes(4, "big") + bytes(4))
