@@ -71,6 +71,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from qatrun.quant.rounding import round_half_away
+
 RESCALING_MODES = ("Floating-point", "Fixed-point16", "Fixed-point32", "Single-shift", "Double-shift",
                    "Floating-point32")
 FLOAT_MODES = ("Floating-point", "Floating-point32")  # no integer multiplier
@@ -88,14 +90,6 @@ RELATIVE_ERROR = {
 FIXED_BITS = {"Fixed-point16": 16, "Fixed-point32": 32}
 N2D2_FIXED_SHIFT = 16  # N2D2's fixed-point modes: always 16 fractional bits
 MAX_PRODUCT = 2**62  # |a M + O| must stay inside int64
-
-
-def round_half_away(x: Tensor) -> Tensor:
-    """C ``round`` (N2D2's ``std::round``): to nearest, ties away from zero, exact for every float."""
-    magnitude = x.abs()
-    whole = torch.floor(magnitude)
-    # magnitude - whole is exact for floats, so the tie test is exact (floor(x + 0.5) is not).
-    return torch.copysign(whole + (magnitude - whole >= 0.5).to(x.dtype), x)
 
 
 def round_levels(x: Tensor, rounding: str) -> Tensor:
