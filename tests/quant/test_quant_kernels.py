@@ -10,6 +10,7 @@ import torch
 from qatrun.errors import RunError
 from qatrun.quant import kernels
 from qatrun.quant.lsq import LSQFunction, lsq_quantize
+from qatrun.quant import sat
 from qatrun.quant.sat import SATActivationFunction, sat_activation
 
 
@@ -175,3 +176,57 @@ def test_fused_lsq_matches_eager(compiled: None, dtype, shape, step, bounds) -> 
         ds_f, expected)
     x_req = x.clone().requires_grad_()
     assert type(lsq_quantize(x_req, torch.tensor(step, dtype=dtype), qn, qp).grad_fn).__name__ == "FusedLSQBackward"
+
+
+SAT_WEIGHT_CASES = [
+    (mode, quantize, n_out, integer)
+    for mode in ("Default", "Symmetric", "Asymmetric", "FullRange")
+    for quantize in (True, False)
+    for n_out in (None, 400)
+    for integer in ((False, True) if quantize else (False,))
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("mode", "quantize", "n_out", "integer"), SAT_WEIGHT_CASES)
+def test_fused_sat_weight_matches_eager(compiled: None, dtype, mode, quantize, n_out, integer) -> None:
+    steps = 15
+    g = torch.Generator().manual_seed(7)
+    w = (torch.randn((16, 6, 5, 5), generator=g, dtype=torch.float64) * 0.3).to(dtype)
+    grad = torch.randn(w.shape, generator=g, dtype=torch.float64).to(dtype)
+    results = []
+    for function in (sat.FusedSATWeightFunction, sat.SATWeightFunction):
+        wi = w.clone().requires_grad_()
+        out, s = function.apply(wi, steps, mode, quantize, n_out, integer)
+        out.backward(grad)
+        results.append((out.detach(), s, wi.grad))
+    (out_f, s_f, grad_f), (out_e, s_e, grad_e) = results
+    eps = torch.finfo(dtype).eps
+    rtol = 64 * eps  # S: a sum over 2,400 weights in another order
+    assert torch.allclose(s_f, s_e, rtol=rtol, atol=0), (s_f, s_e)
+    if quantize:
+        # The levels: equal except where the eager value before rounding lies within float rounding of a tie.
+        # The numerators n (Wq = n / D), from either output, and the value the levels round.
+        denom = sat.sat_denominator(steps, mode)
+        n_f, n_e = ((out if integer else (out * s * denom).round()) for out, s in ((out_f, s_f), (out_e, s_e)))
+        t = (torch.tanh(w) / torch.tanh(w).abs().max()).double()
+        half, u = steps // 2, 0.5 * (t + 1)
+        before = {"Default": steps * u, "FullRange": steps * ((1 + 0.9998 / steps) * u - 0.4999 / steps),
+                  "Symmetric": half * t, "Asymmetric": half * ((1 + 1 / (2 * half)) * t - 1 / (2 * half))}[mode]
+        differ = n_f != n_e
+        near_tie = ((before.double().abs() % 1) - 0.5).abs() <= 8 * eps * before.double().abs().clamp(min=1)
+        assert bool((near_tie | ~differ).all()), before[differ & ~near_tie]
+        same = ~differ
+        assert torch.allclose(out_f[same], out_e[same], rtol=rtol, atol=rtol)
+    else:
+        assert torch.allclose(out_f, out_e, rtol=rtol, atol=rtol)
+    assert torch.allclose(grad_f, grad_e, rtol=rtol, atol=0)
+
+
+def test_training_step_dispatches_weights_to_fused_kernels(compiled: None) -> None:
+    quantizer = sat.SATWeightQuantizer(sat.SATWeightSpec(range=15, apply_scaling=True), n_out=20)
+    w = torch.randn(20, 8, requires_grad=True)
+    assert type(quantizer(w).grad_fn).__name__ == "FusedSATWeightFunctionBackward"
+    with torch.no_grad():
+        assert quantizer(w).grad_fn is None
+    assert type(quantizer(w.detach()).grad_fn).__name__ != "FusedSATWeightFunctionBackward"
