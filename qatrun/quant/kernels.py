@@ -1,50 +1,51 @@
-"""Fused element-wise kernels for the training step of the activation quantizers.
+"""Fused kernels for the quantizers' training step: native C++ on the CPU, ``torch.compile`` elsewhere.
 
-Why. An activation quantizer sits where the float network has its ReLU, on tensors of millions of
-elements. Written as PyTorch operations, SAT's forward and backward (LSQ's alike) are a dozen passes over
-memory (clip, divide, scale, floor, compare, add, multiply; then two compares, the gradient mask, the
-residue, the alpha product and its sum), each with its own temporary: 17 ms for a 128x16x32x32 tensor on two
-CPU cores, where the ReLU it replaces takes 1.1 ms forward and backward. That made a ResNet-20 QAT step twice
-the float step. Compiled by ``torch.compile`` (Inductor: C++/OpenMP loops on the CPU, Triton on CUDA), the
-same operations become one loop for the forward (read x, write y) and one for the backward (read x and the
-incoming gradient, write the input gradient, accumulate the alpha gradient).
+Why. A QAT step calls every quantizer once forward and once backward per layer. Written as PyTorch
+operations, SAT's activation forward and backward (LSQ's alike) are a dozen passes over memory (clip,
+divide, scale, floor, compare, add, multiply; two compares, the gradient mask, the residue, the alpha
+product and its sum), each with its own temporary: 17 ms for a 128x16x32x32 tensor on two CPU cores, where
+the ReLU it replaces takes 1.1 ms forward and backward. The SAT weight quantizer is another 17 small
+operations per layer; inside a training step, right after the convolutions have filled the caches with
+activations, each such operation costs five to ten times its standalone time (LeNet's five weight
+quantizers: 1.7 ms of a 9 ms step). One call per quantizer and direction is the cure, and the call itself
+must be cheap: a ``torch.compile`` call costs 20 us standalone and 50-150 us inside the step (guards and
+Python wrappers, all cold), which left LeNet's QAT step at 1.28 float steps.
 
-What is computed. The quantizer's formulas (:mod:`qatrun.quant.sat`, :mod:`qatrun.quant.lsq`) with the
-divisions by the clip (or step) and by the Range replaced by multiplications with reciprocals computed once:
-two divisions per element made the compiled forward compute-bound (2M elements: 0.62 ms with divisions,
-0.23 ms without; backward 0.92 -> 0.51 ms). So ``q = clip(x) (1/a)`` may differ from the eager
-``clip(x) / a`` in its last bit, and the level with it only where ``R q`` lies within that bit of a rounding
-tie; ``y = level (a/R)`` likewise in its last bit. SAT's input-gradient mask depends on ``x`` and ``a`` alone
-and is identical (LSQ's compares ``x (1/s)`` with the ends: it may differ within a rounding of an end); the
-alpha (step) gradient is the same sum in another order, over the residues of the levels computed here. These are the
-training step's values; evaluation, testing, fusion and every exported network use the eager functions,
-which compute N2D2's own float order (``tests/quant/test_quant_kernels.py`` checks both relations). The
-backward recomputes the levels from ``x`` instead of saving them: two fewer activation-sized tensors per
-quantizer kept between forward and backward.
+On the CPU. ``native.cpp``, built once per machine with ``torch.utils.cpp_extension`` (about 30 s, cached
+under ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``): one OpenMP loop per direction, the
+SAT weight forward two passes around its max. The C++ computes the eager quantizers' arithmetic operation
+for operation in the tensor's dtype (tanh and cosh from ATen itself, the SAT scale from sequential sums as
+N2D2), so every value equals the eager function's to the bit; only the alpha and step gradients, one sum
+over the tensor, are added in another order (in double). ``tests/quant/test_quant_kernels.py`` checks both.
 
-The SAT weight quantizer's training step is compiled the same way (:class:`qatrun.quant.sat.FusedSATWeightFunction`,
-one call forward, one backward, per layer). Weight tensors are small, so this saves no memory traffic; it
-saves operations. Standalone, a dozen eager operations on a small tensor cost about what one compiled call
-costs (its guards and wrappers, ~20 us); inside a training step, right after the convolutions have filled
-the caches with activations, each eager operation costs five to ten times its standalone time, and LeNet's
-five SAT weight quantizers (85 operations) took 1.7 ms of a 9 ms step.
+On other devices (CUDA). The same formulas as plain tensor functions compiled by ``torch.compile``
+(Inductor; Triton on CUDA), with the divisions replaced by multiplications with reciprocals: there the level
+may differ from the eager one where the value before rounding lies within a float rounding of a tie.
 
-When. Only the training step uses the compiled kernels (input that requires a gradient): evaluation, test
-and fusion run the eager code, with no compilation delay. ``QATRUN_KERNELS`` chooses:
+The backward recomputes the levels from ``x`` instead of saving them: two fewer activation-sized tensors
+per quantizer kept between forward and backward.
 
-* ``auto`` (default): compiled where ``torch.compile`` works, eager otherwise. The first compilation
-  takes seconds (cached on disk by Inductor); a failure (no C++ compiler, no Triton) is reported once as a
-  warning and the process goes on eager;
-* ``compiled``: compiled, a failure is an error;
-* ``eager``: never compiled (the unit tests' setting, where a compilation costs more than it saves).
+When. Only the training step uses the fused kernels (input that requires a gradient): evaluation, test,
+fusion and export run the eager functions, which compute N2D2's own float order. ``QATRUN_KERNELS``:
+
+* ``auto`` (default): fused where they build, eager otherwise. A failure (no C++ compiler, no Triton) is
+  reported once as a warning and the process goes on eager;
+* ``compiled``: fused, a build failure is an error;
+* ``eager``: never built (the unit tests' setting, where a build costs more than it saves).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import platform
+import shutil
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -98,10 +99,62 @@ def lsq_backward(x: Tensor, step: Tensor, grad: Tensor, qn: int, qp: int) -> tup
 # Choosing and compiling
 
 
+NATIVE_SOURCE = Path(__file__).with_name("native.cpp")
+# The vector instructions of torch's own CPU kernels (ATen's Vectorized<T> picks them by these macros, as
+# Inductor's generated code does).
+NATIVE_ISA = {
+    "AVX512": ["-DCPU_CAPABILITY_AVX512", "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma"],
+    "AVX2": ["-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
+}
+
+
+def native_cflags() -> list[str]:
+    """The compiler flags: no fused multiply-add may change a rounding (``-ffp-contract=off``), OpenMP for
+    ATen's parallel loops, and the vector ISA torch runs its kernels with on this CPU."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    return ["-O3", "-ffp-contract=off", "-fopenmp", *NATIVE_ISA.get(capability, [])]
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def native_build_name() -> str:
+    """The extension's name: its source, the flags, torch's version and the CPU, hashed."""
+    key = "\n".join([NATIVE_SOURCE.read_text(), " ".join(native_cflags()), torch.__version__, platform.machine(),
+                     _cpu_flags()])
+    return "qatrun_native_" + hashlib.sha1(key.encode()).hexdigest()[:16]
+
+
+def build_native() -> ModuleType:
+    """Builds (or loads the cached build of) ``native.cpp``; raises what the build raised."""
+    from torch.utils import cpp_extension
+
+    name = native_build_name()
+    # The build runs ninja: the one pip installed beside this Python when none is on the PATH.
+    here = str(Path(sys.executable).parent)
+    if shutil.which("ninja") is None and shutil.which("ninja", path=here):
+        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
+    folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    if not any(folder.glob(f"{name}*.so")):
+        print("qatrun: building the native quantizer kernels (once per machine, about 30 s)", file=sys.stderr,
+              flush=True)
+    return cpp_extension.load(name=name, sources=[str(NATIVE_SOURCE)], extra_cflags=native_cflags(),
+                              extra_ldflags=["-fopenmp"], verbose=False)
+
+
 class _Kernels:
-    """The compiled versions of the kernels, built on first use; eager after a failure in ``auto`` mode."""
+    """The fused versions of the kernels, built on first use; eager after a failure in ``auto`` mode."""
 
     def __init__(self) -> None:
+        self._native: ModuleType | None = None
+        self.native_on_cpu = True  # False: torch.compile on the CPU too (the tests of the CUDA formulas)
         self._compiled: dict[str, Callable[..., Any]] = {}
         self._failed = False
 
@@ -111,22 +164,31 @@ class _Kernels:
             raise RunError(f"{ENV}={value}: expected one of {', '.join(MODES)}")
         return value
 
-    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)``, compiled unless the mode is ``eager`` or compilation failed in ``auto``."""
-        mode = self.mode()
-        if mode == "eager" or (self._failed and mode == "auto"):
-            return fn(*args)
+    def _fused(self, fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
+        if device.type == "cpu" and self.native_on_cpu:
+            if self._native is None:
+                self._native = build_native()
+            return getattr(self._native, fn.__name__)
         compiled = self._compiled.get(fn.__name__)
         if compiled is None:
             # One specialisation per dtype and per constant argument (Range, QuantMode...): a network has a
             # few, a process that trains several networks (the tests) more than dynamo's default of 8.
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
             compiled = self._compiled[fn.__name__] = torch.compile(fn, dynamic=True, fullgraph=True)
+        return compiled
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` on the fused kernel of ``fn`` (by name) unless the mode is ``eager`` or the build
+        failed in ``auto``. The first argument is the tensor whose device decides."""
+        mode = self.mode()
+        if mode == "eager" or (self._failed and mode == "auto"):
+            return fn(*args)
         try:
-            return compiled(*args)
-        except Exception as error:  # noqa: BLE001 - any backend failure (no C++ compiler, no Triton)
+            return self._fused(fn, args[0].device)(*args)
+        except Exception as error:  # noqa: BLE001 - any build failure (no C++ compiler, no Triton)
             if mode == "compiled":
-                raise RunError(f"{ENV}=compiled: torch.compile failed: {type(error).__name__}: {error}") from error
+                raise RunError(f"{ENV}=compiled: the fused quantizer kernels failed: {type(error).__name__}: "
+                               f"{error}") from error
             self._failed = True
             warnings.warn(
                 f"qatrun: fused quantizer kernels unavailable ({type(error).__name__}: {error}); running the "

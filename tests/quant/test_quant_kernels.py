@@ -1,4 +1,9 @@
-"""The fused (compiled) SAT activation kernels against the eager quantizer: same values, same gradients."""
+"""The fused quantizer kernels against the eager quantizers.
+
+Two builds of the fused kernels run here: the native C++ ones (the CPU's), which must equal the eager
+functions to the bit but for the order of the alpha/step sums, and the ``torch.compile`` graphs (the other
+devices'), run on the CPU, whose levels may differ within a float rounding of a tie.
+"""
 
 from __future__ import annotations
 
@@ -14,9 +19,12 @@ from qatrun.quant import sat
 from qatrun.quant.sat import SATActivationFunction, sat_activation
 
 
-@pytest.fixture
-def compiled(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture(params=["native", "graph"])
+def compiled(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``QATRUN_KERNELS=compiled`` with the native kernels, or with the torch.compile graphs on the CPU."""
     monkeypatch.setenv(kernels.ENV, "compiled")
+    monkeypatch.setattr(kernels.KERNELS, "native_on_cpu", request.param == "native")
+    return request.param
 
 
 def _inputs(dtype: torch.dtype, shape: tuple[int, ...], alpha: float, steps: int) -> torch.Tensor:
@@ -52,7 +60,7 @@ def _check_levels(y_fused, y_eager, v_eager, unit, dtype) -> None:
 
 
 @pytest.mark.parametrize(("dtype", "shape", "alpha", "steps"), CASES)
-def test_fused_sat_activation_matches_eager(compiled: None, dtype, shape, alpha, steps) -> None:
+def test_fused_sat_activation_matches_eager(compiled: str, dtype, shape, alpha, steps) -> None:
     x = _inputs(dtype, shape, alpha, steps)
     grad = torch.randn(shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(dtype)
     results = []
@@ -69,6 +77,8 @@ def test_fused_sat_activation_matches_eager(compiled: None, dtype, shape, alpha,
     a = torch.tensor(alpha, dtype=dtype)
     v_eager = steps * (torch.minimum(x.clamp(min=0), a) / a)
     _check_levels(y_f, y_e, v_eager, alpha / steps, dtype)
+    if compiled == "native":
+        assert torch.equal(y_f, y_e)
     assert torch.equal(dx_f, dx_e)  # the mask depends on x and alpha only
     # The alpha gradient is one sum over the tensor: the compiled loop sums in another order. Where a tie
     # was rounded the other way, the residue round(Rq)/R - q differs by the level's change / R.
@@ -79,7 +89,7 @@ def test_fused_sat_activation_matches_eager(compiled: None, dtype, shape, alpha,
         da_f, expected)
 
 
-def test_training_step_dispatches_to_fused_kernels(compiled: None) -> None:
+def test_training_step_dispatches_to_fused_kernels(compiled: str) -> None:
     x = torch.linspace(-1, 5, 60).reshape(3, 20).requires_grad_()
     alpha = torch.tensor(4.0, requires_grad=True)
     assert type(sat_activation(x, alpha, 15).grad_fn).__name__ == "FusedSATActivationBackward"
@@ -103,10 +113,21 @@ def _failing_compile(*args, **kwargs):
     return run
 
 
-def test_auto_mode_falls_back_to_eager_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(kernels.ENV, "auto")
+def _failing_build():
+    raise RuntimeError("no C++ compiler")
+
+
+@pytest.fixture
+def no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(kernels, "KERNELS", kernels._Kernels())
+    monkeypatch.setattr(kernels, "build_native", _failing_build)
     monkeypatch.setattr(torch, "compile", _failing_compile)
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_mode_falls_back_to_eager_with_one_warning(no_compiler: None, monkeypatch, native: bool) -> None:
+    monkeypatch.setenv(kernels.ENV, "auto")
+    kernels.KERNELS.native_on_cpu = native
     x = torch.linspace(-1, 5, 60)
     a = torch.tensor(4.0)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
@@ -115,12 +136,17 @@ def test_auto_mode_falls_back_to_eager_with_one_warning(monkeypatch: pytest.Monk
     kernels.KERNELS.run(kernels.sat_act_forward, x, a, 15)  # no second warning (pytest would error on none)
 
 
-def test_compiled_mode_reports_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_mode_reports_a_failure(no_compiler: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(kernels.ENV, "compiled")
-    monkeypatch.setattr(kernels, "KERNELS", kernels._Kernels())
-    monkeypatch.setattr(torch, "compile", _failing_compile)
-    with pytest.raises(RunError, match="QATRUN_KERNELS=compiled: torch.compile failed: RuntimeError"):
+    with pytest.raises(RunError, match="QATRUN_KERNELS=compiled: the fused quantizer kernels failed: RuntimeError"):
         kernels.KERNELS.run(kernels.sat_act_forward, torch.ones(3), torch.tensor(1.0), 15)
+
+
+def test_native_build_name_follows_source_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    name = kernels.native_build_name()
+    assert name.startswith("qatrun_native_") and name == kernels.native_build_name()
+    monkeypatch.setattr(kernels, "native_cflags", lambda: ["-O0"])
+    assert kernels.native_build_name() != name  # other flags, another build (never a stale one)
 
 
 def test_unknown_mode_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -137,7 +163,7 @@ LSQ_CASES = [
 
 
 @pytest.mark.parametrize(("dtype", "shape", "step", "bounds"), LSQ_CASES)
-def test_fused_lsq_matches_eager(compiled: None, dtype, shape, step, bounds) -> None:
+def test_fused_lsq_matches_eager(compiled: str, dtype, shape, step, bounds) -> None:
     qn, qp = bounds
     g = torch.Generator().manual_seed(len(shape) + qp)
     x = (torch.randn(shape, generator=g, dtype=torch.float64) * step * qp / 2).to(dtype)
@@ -158,6 +184,8 @@ def test_fused_lsq_matches_eager(compiled: None, dtype, shape, step, bounds) -> 
     s = torch.tensor(step, dtype=dtype)
     v_eager = (x / s).clamp(qn, qp)
     _check_levels(y_f, y_e, v_eager, step, dtype)
+    if compiled == "native":
+        assert torch.equal(y_f, y_e) and torch.equal(dx_f, dx_e)
     # The mask compares x (1/s) with the ends instead of x / s: equal except within float rounding of an end.
     v_fused = x * (1 / s)
     mask_differs = dx_f != dx_e
@@ -165,9 +193,9 @@ def test_fused_lsq_matches_eager(compiled: None, dtype, shape, step, bounds) -> 
         (v_eager - qp).abs() <= 4 * torch.finfo(dtype).eps * qp) | ((v_fused > qn) & (v_fused < qp)) != (
         (v_eager > qn) & (v_eager < qp))
     assert bool((at_end | ~mask_differs).all())
-    # The step gradient from its formula on the fused kernels' v = x (1/s) (whose ends and ties may fall
-    # on the other side of the eager x / s), summed in float64.
-    v = v_fused.double()
+    # The step gradient from its formula on the kernels' v (the graphs' x (1/s), whose ends and ties may fall
+    # on the other side of the eager x / s; the native kernels' x / s), summed in float64.
+    v = (x / s if compiled == "native" else v_fused).double()
     level = torch.where(v.clamp(qn, qp) >= 0, torch.floor(v.clamp(qn, qp) + 0.5), -torch.floor(-v.clamp(qn, qp) + 0.5))
     local = torch.where(v <= qn, float(qn), torch.where(v >= qp, float(qp), level - v))
     expected = (grad.double() * local).sum() / math.sqrt(x.numel() * qp)
@@ -189,7 +217,7 @@ SAT_WEIGHT_CASES = [
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("mode", "quantize", "n_out", "integer"), SAT_WEIGHT_CASES)
-def test_fused_sat_weight_matches_eager(compiled: None, dtype, mode, quantize, n_out, integer) -> None:
+def test_fused_sat_weight_matches_eager(compiled: str, dtype, mode, quantize, n_out, integer) -> None:
     steps = 15
     g = torch.Generator().manual_seed(7)
     w = (torch.randn((16, 6, 5, 5), generator=g, dtype=torch.float64) * 0.3).to(dtype)
@@ -201,6 +229,8 @@ def test_fused_sat_weight_matches_eager(compiled: None, dtype, mode, quantize, n
         out.backward(grad)
         results.append((out.detach(), s, wi.grad))
     (out_f, s_f, grad_f), (out_e, s_e, grad_e) = results
+    if compiled == "native":  # the same operations in the same order: the same bits
+        assert torch.equal(out_f, out_e) and torch.equal(s_f, s_e) and torch.equal(grad_f, grad_e)
     eps = torch.finfo(dtype).eps
     rtol = 64 * eps  # S: a sum over 2,400 weights in another order
     assert torch.allclose(s_f, s_e, rtol=rtol, atol=0), (s_f, s_e)
@@ -223,7 +253,7 @@ def test_fused_sat_weight_matches_eager(compiled: None, dtype, mode, quantize, n
     assert torch.allclose(grad_f, grad_e, rtol=rtol, atol=0)
 
 
-def test_training_step_dispatches_weights_to_fused_kernels(compiled: None) -> None:
+def test_training_step_dispatches_weights_to_fused_kernels(compiled: str) -> None:
     quantizer = sat.SATWeightQuantizer(sat.SATWeightSpec(range=15, apply_scaling=True), n_out=20)
     w = torch.randn(20, 8, requires_grad=True)
     assert type(quantizer(w).grad_fn).__name__ == "FusedSATWeightFunctionBackward"
