@@ -292,11 +292,13 @@ def _sat_default_forward(ctx: Any, w: Tensor, steps: int, n_out: int | None) -> 
 def sat_weight_train_forward(
     w: Tensor, steps: int, mode: str, quantize: bool, n_out: int, integer: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """The training step's SAT weight forward, compiled into one call by :mod:`qatrun.quant.kernels`.
+    """The training step's SAT weight forward as one fused call (:mod:`qatrun.quant.kernels`).
 
-    The formulas of :class:`SATWeightFunction` with torch's arithmetic throughout: ``t`` multiplied by
-    ``1/M``, S from a two-pass float variance (``n_out = 0``: no scaling). So ``Wq`` may differ from the eager
-    one in its last bit, and its level where ``R u`` lies within a rounding of a tie.
+    On the CPU the native kernel of that name runs instead, computing :class:`SATWeightFunction`'s
+    arithmetic to the bit. This is the graph ``torch.compile`` builds for other devices: the same formulas
+    with ``t`` multiplied by ``1/M`` and S from a two-pass float variance (``n_out = 0``: no scaling), so
+    ``Wq`` may differ from the eager one in its last bit, and its level where ``R u`` lies within a rounding
+    of a tie.
 
     Returns:
         ``(out, factor, S)``: ``Wq / S`` (or the integer levels), the backward's factor ``1 / (M S)``
@@ -326,7 +328,7 @@ def sat_weight_train_backward(w: Tensor, grad: Tensor, factor: Tensor, c: float)
 
 class FusedSATWeightFunction(torch.autograd.Function):
     """``apply(w, steps, mode, quantize, n_out, integer) -> (out, S)``: :class:`SATWeightFunction` for the
-    training step, forward and backward each one compiled call (:func:`sat_weight_train_forward`).
+    training step, forward and backward each one fused call (:func:`sat_weight_train_forward`).
 
     A LeNet QAT step's five weight quantizers were 85 small eager operations, each costing several times its
     standalone time right after the convolutions (caches full of activations): 1.7 ms of a 9 ms step.
