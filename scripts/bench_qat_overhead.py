@@ -19,8 +19,9 @@ Three variants of each network, each built by ``qatrun.pipeline.build_network`` 
   same layers and initial weights, no quantizer; where a SAT activation quantizer was the ReLU (its clip at
   0 after a ``Linear`` activation, the QAT INIs' convention), a ``nn.ReLU`` takes its place;
 * qatrun QAT: the network as the INI describes it, with the process's ``QATRUN_KERNELS`` (default ``auto``:
-  the fused, compiled quantizer kernels of ``qatrun.quant.kernels``; the first step, untimed, compiles them);
-  ``--eager`` adds the same network with ``QATRUN_KERNELS=eager`` as a fourth variant;
+  the fused quantizer kernels of ``qatrun.quant.kernels``, native C++ on the CPU, built once per machine;
+  the first step, untimed, loads them); ``--eager`` adds the same network with ``QATRUN_KERNELS=eager`` as a
+  fourth variant;
 * torch.ao: the float network made plain for torch.ao (the ``Identity`` modules of N2D2's ``Linear``
   activations removed, so that Conv-BatchNorm(-ReLU) fuse, and unit-weight ElemWise sums turned into
   ``+``), then FX-mode QAT: ``prepare_qat_fx`` with ``get_default_qat_qconfig_mapping("x86")`` (8-bit fused

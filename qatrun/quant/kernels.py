@@ -42,6 +42,7 @@ import os
 import platform
 import shutil
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -100,6 +101,7 @@ def lsq_backward(x: Tensor, step: Tensor, grad: Tensor, qn: int, qp: int) -> tup
 
 
 NATIVE_SOURCE = Path(__file__).with_name("native.cpp")
+STALE_LOCK_SECONDS = 600
 # The vector instructions of torch's own CPU kernels (ATen's Vectorized<T> picks them by these macros, as
 # Inductor's generated code does).
 NATIVE_ISA = {
@@ -142,6 +144,11 @@ def build_native() -> ModuleType:
     if shutil.which("ninja") is None and shutil.which("ninja", path=here):
         os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
     folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    # A build interrupted (Ctrl-C, a killed job) leaves torch's lock file behind, and the next build would
+    # wait for it forever: a lock older than any build is stale.
+    lock = folder / "lock"
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
+        lock.unlink(missing_ok=True)
     if not any(folder.glob(f"{name}*.so")):
         print("qatrun: building the native quantizer kernels (once per machine, about 30 s)", file=sys.stderr,
               flush=True)

@@ -8,6 +8,9 @@ devices'), run on the CPU, whose levels may differ within a float rounding of a 
 from __future__ import annotations
 
 import math
+import os
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -260,3 +263,20 @@ def test_training_step_dispatches_weights_to_fused_kernels(compiled: str) -> Non
     with torch.no_grad():
         assert quantizer(w).grad_fn is None
     assert type(quantizer(w.detach()).grad_fn).__name__ != "FusedSATWeightFunctionBackward"
+
+
+def test_native_build_removes_a_stale_lock(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    name = kernels.native_build_name()
+    folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    built = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: built.append(kwargs["name"]))
+    (folder / "lock").write_text("")
+    kernels.build_native()  # a fresh lock: left to its owner
+    assert (folder / "lock").exists() and built == [name]
+    old = time.time() - kernels.STALE_LOCK_SECONDS - 60
+    os.utime(folder / "lock", (old, old))
+    kernels.build_native()
+    assert not (folder / "lock").exists() and built == [name, name]
