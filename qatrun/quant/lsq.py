@@ -40,6 +40,8 @@ from qatrun.quant import kernels
 from qatrun.quant.rounding import round_half_away
 from qatrun.quant.spec import RANGE, QuantSpec, bits
 
+MIN_STEP = 1e-8  # the smallest step size training keeps (see _LSQQuantizer.forward)
+
 STEP_SIZE = Key("StepSize", "float", 100.0, "initial step size when SetOptInitStepSize=0")
 OPT_INIT = Key(
     "SetOptInitStepSize", "bool", True, "initialise the step size to 2 mean|x| / sqrt(Qp) at the first forward",
@@ -167,6 +169,12 @@ class _LSQQuantizer(nn.Module):
             with torch.no_grad():
                 self.step.copy_(lsq_init_step(x, qp))
                 self.initialized.fill_(True)
+        elif self.training and torch.is_grad_enabled():
+            # An update can take the step below 0 (a large step gradient at a high learning rate). N2D2 trains
+            # on with it (its levels then mirror, Qn and Qp swapping roles); qatrun keeps the step positive,
+            # as its files and the integer network need, by a projection before it is used.
+            with torch.no_grad():
+                self.step.clamp_(min=MIN_STEP)
         return lsq_quantize(x, self.step.to(x.dtype), qn, qp)
 
     def describe(self) -> str:

@@ -11,6 +11,7 @@ import quant_reference as ref
 
 from qatrun.errors import ConfigError, DataError
 from qatrun.quant.lsq import (
+    MIN_STEP,
     LSQActivationQuantizer,
     LSQActSpec,
     LSQWeightQuantizer,
@@ -123,3 +124,22 @@ def test_integer_levels_times_step_are_the_fake_quantized_weights():
 def test_spec_rejects_bad_settings(cls, spec, message):
     with pytest.raises(ConfigError, match=message):
         cls(**spec)
+
+
+@pytest.mark.parametrize("cls,spec", [(LSQWeightQuantizer, LSQWeightSpec(range=15)),
+                                      (LSQActivationQuantizer, LSQActSpec(range=15))])
+def test_training_keeps_the_step_positive_so_its_file_loads_back(cls, spec):
+    quantizer = cls(spec)
+    x = torch.rand(4, 8) * 2
+    quantizer(x)  # initialises
+    with torch.no_grad():
+        quantizer.step.fill_(-0.5)  # where a large update can take it
+    y = quantizer(x.requires_grad_())  # a training forward projects it first
+    assert float(quantizer.step.detach()) == float(torch.tensor(MIN_STEP)) and torch.isfinite(y).all()
+    (name, value), = quantizer.n2d2_files("conv1").items()
+    cls(spec).load_n2d2_file(name, value)  # what training wrote, the loader takes
+    quantizer.eval()
+    with torch.no_grad():
+        quantizer.step.fill_(-0.5)
+        quantizer(x)  # evaluation computes with what it is given
+    assert float(quantizer.step.detach()) == -0.5
