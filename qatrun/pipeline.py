@@ -127,14 +127,28 @@ def solver_triples(network: Network) -> list[tuple[str, nn.Parameter, train.Solv
             continue
         weight_quantizer = getattr(module, "weight_quantizer", None)
         if weight_quantizer is not None:
-            config = train.SolverConfig.from_plan(plan.weight_solver)
-            triples += [(f"{cell.name}.QWeight.{n}", p, config) for n, p in weight_quantizer.named_parameters()]
+            triples += _quantizer_triples(f"{cell.name}.QWeight", weight_quantizer, plan.weight_solver)
         if cell.act_module is not None:
             act = gm.get_submodule(name + "_act")
             act_quantizer = getattr(act, "quantizer", None)
             if act_quantizer is not None:
-                config = train.SolverConfig.from_plan(plan.act_solver)
-                triples += [(f"{cell.name}.QAct.{n}", p, config) for n, p in act_quantizer.named_parameters()]
+                triples += _quantizer_triples(f"{cell.name}.QAct", act_quantizer, plan.act_solver)
+    return triples
+
+
+def _quantizer_triples(prefix: str, quantizer: nn.Module, plan: quant.SolverPlan | None,
+                       ) -> list[tuple[str, nn.Parameter, train.SolverConfig]]:
+    """A quantizer's parameters with their solver; a parameter with a lower bound (the quantizer's
+    ``PARAMETER_MIN``, e.g. LSQ's step size) is clamped to it after each update, inside any ``Clamping``."""
+    config = train.SolverConfig.from_plan(plan)
+    bounds: dict[str, float] = getattr(quantizer, "PARAMETER_MIN", {})
+    triples = []
+    for name, param in quantizer.named_parameters():
+        bound = bounds.get(name)
+        bounded = config
+        if bound is not None and (config.clamp_min is None or config.clamp_min < bound):
+            bounded = dataclasses.replace(config, clamp_min=bound)
+        triples.append((f"{prefix}.{name}", param, bounded))
     return triples
 
 

@@ -40,7 +40,11 @@ from qatrun.quant import kernels
 from qatrun.quant.rounding import round_half_away
 from qatrun.quant.spec import RANGE, QuantSpec, bits
 
-MIN_STEP = 1e-8  # the smallest step size training keeps (see _LSQQuantizer.forward)
+# The smallest step size an update leaves. An update can take the step below 0 (a large step gradient at a
+# high learning rate); N2D2 trains on with it (its levels then mirror, Qn and Qp swapping roles). qatrun keeps
+# it positive, as its files and the integer network need: the step's solver clamps it after each update
+# (``PARAMETER_MIN``, read by ``qatrun.pipeline.solver_triples``).
+MIN_STEP = 1e-8
 
 STEP_SIZE = Key("StepSize", "float", 100.0, "initial step size when SetOptInitStepSize=0")
 OPT_INIT = Key(
@@ -155,6 +159,7 @@ class _LSQQuantizer(nn.Module):
     """A learned step ``step`` (0-dim parameter) and whether it holds a value yet (``initialized``)."""
 
     FILE_SUFFIX: ClassVar[str] = ""
+    PARAMETER_MIN: ClassVar[dict[str, float]] = {"step": MIN_STEP}  # lower bounds the solver keeps
 
     def __init__(self, spec: LSQSpec) -> None:
         super().__init__()
@@ -169,12 +174,6 @@ class _LSQQuantizer(nn.Module):
             with torch.no_grad():
                 self.step.copy_(lsq_init_step(x, qp))
                 self.initialized.fill_(True)
-        elif self.training and torch.is_grad_enabled():
-            # An update can take the step below 0 (a large step gradient at a high learning rate). N2D2 trains
-            # on with it (its levels then mirror, Qn and Qp swapping roles); qatrun keeps the step positive,
-            # as its files and the integer network need, by a projection before it is used.
-            with torch.no_grad():
-                self.step.clamp_(min=MIN_STEP)
         return lsq_quantize(x, self.step.to(x.dtype), qn, qp)
 
     def describe(self) -> str:

@@ -126,20 +126,58 @@ def test_spec_rejects_bad_settings(cls, spec, message):
         cls(**spec)
 
 
-@pytest.mark.parametrize("cls,spec", [(LSQWeightQuantizer, LSQWeightSpec(range=15)),
-                                      (LSQActivationQuantizer, LSQActSpec(range=15))])
-def test_training_keeps_the_step_positive_so_its_file_loads_back(cls, spec):
-    quantizer = cls(spec)
-    x = torch.rand(4, 8) * 2
-    quantizer(x)  # initialises
-    with torch.no_grad():
-        quantizer.step.fill_(-0.5)  # where a large update can take it
-    y = quantizer(x.requires_grad_())  # a training forward projects it first
-    assert float(quantizer.step.detach()) == float(torch.tensor(MIN_STEP)) and torch.isfinite(y).all()
-    (name, value), = quantizer.n2d2_files("conv1").items()
-    cls(spec).load_n2d2_file(name, value)  # what training wrote, the loader takes
-    quantizer.eval()
-    with torch.no_grad():
-        quantizer.step.fill_(-0.5)
-        quantizer(x)  # evaluation computes with what it is given
-    assert float(quantizer.step.detach()) == -0.5
+LSQ_NET = """
+[database]
+Type=MNIST_IDX_Database
+
+[env]
+SizeX=28
+SizeY=28
+BatchSize=4
+
+[conv1]
+Input=env
+Type=Conv
+KernelDims=3 3
+NbOutputs=2
+ActivationFunction=Rectifier
+QWeight=LSQ
+QWeight.Range=15
+QWeightSolver=SGD
+QWeightSolver.LearningRate=0.1
+QAct=LSQ
+QAct.Range=15
+QActSolver=SGD
+QActSolver.LearningRate=0.1
+QActSolver.Clamping=-5:5
+ConfigSection=conv.config
+
+[conv.config]
+Solvers.Clamping=-0.5:0.5
+
+[conv1.Target]
+"""
+
+
+def test_an_update_keeps_the_step_positive_so_its_file_loads_back(tmp_path):
+    from qatrun import pipeline, train
+
+    (tmp_path / "net.ini").write_text(LSQ_NET)
+    network = pipeline.build_network(str(tmp_path / "net.ini"), [])
+    configs = {name: config for name, _, config in network.solvers}
+    # The steps' solvers clamp at MIN_STEP from below, inside the INI's Clamping (its upper bound kept);
+    # the layer's own weights keep the INI's bounds.
+    assert (configs["conv1.QWeight.step"].clamp_min, configs["conv1.QWeight.step"].clamp_max) == (MIN_STEP, None)
+    assert (configs["conv1.QAct.step"].clamp_min, configs["conv1.QAct.step"].clamp_max) == (MIN_STEP, 5.0)
+    assert (configs["conv1.weight"].clamp_min, configs["conv1.weight"].clamp_max) == (-0.5, 0.5)
+    gm = network.gm.train()
+    gm(torch.rand(4, 1, 28, 28))  # initialises the steps
+    optimizer = train.N2D2Optimizer(train.group_by_solver(network.solvers), 4)
+    quantizers = [gm.get_submodule("conv1").weight_quantizer, gm.get_submodule("conv1_act").quantizer]
+    for quantizer in quantizers:
+        quantizer.step.grad = torch.tensor(1e6)  # an update far larger than the step
+    optimizer.step()
+    for quantizer in quantizers:
+        assert float(quantizer.step.detach()) == float(torch.tensor(MIN_STEP))
+        (name, value), = quantizer.n2d2_files("conv1").items()
+        type(quantizer)(quantizer.spec).load_n2d2_file(name, value)  # what training wrote, the loader takes
