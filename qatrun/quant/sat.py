@@ -223,6 +223,17 @@ def sat_gradient_factor(steps: int, mode: str) -> float:
     return 1.0
 
 
+def _keep_for_backward(
+    ctx: Any, w: Tensor, factor: Tensor, c: float, out: Tensor, s: Tensor
+) -> tuple[Tensor, Tensor]:
+    """What every SAT weight forward leaves its backward (``w``, the factor ``1/(M S)`` or ``D/M``, the
+    constant c; S carries no gradient); returns ``(out, S)``."""
+    ctx.save_for_backward(w, factor)
+    ctx.c = c
+    ctx.mark_non_differentiable(s)
+    return out, s
+
+
 class SATWeightFunction(torch.autograd.Function):
     """SAT weight quantization with N2D2's straight-through backward (M and S detached).
 
@@ -247,10 +258,7 @@ class SATWeightFunction(torch.autograd.Function):
         else:
             out = wq / s
             factor = 1 / (m * s)
-        ctx.save_for_backward(w, factor)
-        ctx.c = sat_gradient_factor(steps, mode)
-        ctx.mark_non_differentiable(s)
-        return out, s
+        return _keep_for_backward(ctx, w, factor, sat_gradient_factor(steps, mode), out, s)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, _grad_s: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
@@ -283,10 +291,7 @@ def _sat_default_forward(ctx: Any, w: Tensor, steps: int, n_out: int | None) -> 
         s = sat_scale(wq, n_out)
         wq = wq.div_(s)
         factor = (m * s).reciprocal()
-    ctx.save_for_backward(w, factor)
-    ctx.c = 1.0
-    ctx.mark_non_differentiable(s)
-    return wq, s
+    return _keep_for_backward(ctx, w, factor, 1.0, wq, s)
 
 
 def sat_weight_train_forward(
@@ -340,10 +345,7 @@ class FusedSATWeightFunction(torch.autograd.Function):
     ) -> tuple[Tensor, Tensor]:
         scaled = n_out if n_out is not None and w.numel() > 1 else 0
         out, factor, s = kernels.KERNELS.run(sat_weight_train_forward, w, steps, mode, quantize, scaled, integer)
-        ctx.save_for_backward(w, factor)
-        ctx.c = sat_gradient_factor(steps, mode)
-        ctx.mark_non_differentiable(s)
-        return out, s
+        return _keep_for_backward(ctx, w, factor, sat_gradient_factor(steps, mode), out, s)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, _grad_s: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
