@@ -12,6 +12,8 @@ Message format::
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -84,3 +86,12 @@ class DataError(QatrunError):
 
 class RunError(QatrunError):
     """A run cannot proceed (no GPU where one was asked for, a failed verification, ...)."""
+
+
+def did_you_mean(name: str, candidates: Iterable[str], cutoff: float = 0.6) -> str:
+    """``" (did you mean 'X'?)"`` for the candidate closest to ``name``, or ``""`` when none is close.
+
+    Every "unknown name" message of qatrun ends with this suffix (``difflib``'s ratio, at least ``cutoff``).
+    """
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=cutoff)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "qatrun"
 # package -> the qatrun packages it may import (besides itself); "errors" and "ini" are layer 0.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
+    "options": set(),
     "ini": {"errors"},
     "data": {"errors", "ini"},
     "net": {"errors", "ini"},
@@ -24,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "__init__": set(),
 }
-STDLIB_ONLY = {"errors", "ini"}
+STDLIB_ONLY = {"errors", "options", "ini"}
 THIRD_PARTY_SEEN = {"torch", "numpy", "onnx", "onnxruntime", "onnx2torch", "tqdm", "matplotlib"}
 
 

@@ -1,0 +1,29 @@
+"""The names qatrun offers as choices, in one place: the command's options, the API's arguments and the
+packages that act on them all read these tuples (standard library only, so that ``qatrun -h`` answers
+without loading torch).
+"""
+
+from __future__ import annotations
+
+RESCALING_MODES = ("Floating-point", "Fixed-point16", "Fixed-point32", "Single-shift", "Double-shift",
+                   "Floating-point32")
+"""``-act-rescaling-mode``: how the integer network rescales an accumulator (:mod:`qatrun.fuse.scaling`).
+``Floating-point32`` is onnxruntime's QLinearConv arithmetic, for a fast integer-only ONNX file."""
+
+ROUND_MODES = ("NONE", "RINTF")
+"""``-wt-round-mode``, ``-b-round-mode``, ``-c-round-mode`` of N2D2's fusion (``-fuse-flavour n2d2``)."""
+
+FUSE_FLAVOURS = ("exact", "n2d2")
+"""``-fuse-flavour``: exact (the integer network computes what was trained) or N2D2's own conversion."""
+
+EXPORT_KINDS = ("onnx", "onnx-qdq", "onnx-int")
+"""``-export``: the float network, the fake-quantized network as QDQ, the integer-only network."""
+
+METRICS = (
+    "Sensitivity", "Specificity", "Precision", "NegativePredictiveValue", "MissRate", "FallOut",
+    "FalseDiscoveryRate", "FalseOmissionRate", "IU", "Accuracy", "F1Score", "Informedness", "Markedness",
+)
+"""``-valid-metric``: the per-class scores of N2D2's confusion matrix (:mod:`qatrun.train.metrics`)."""
+
+KERNEL_MODES = ("auto", "compiled", "eager")
+"""``-kernels`` / ``QATRUN_KERNELS``: the quantizers' training-step kernels (:mod:`qatrun.quant.kernels`)."""
