@@ -33,10 +33,20 @@ BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 TRANSPARENT = (nn.Identity,)
 
 
-def bn_factor(running_var: Tensor, eps: float, gamma: Tensor | None) -> Tensor:
-    """The per-channel factor ``f = gamma / sqrt(var + eps)`` (gamma = 1 without affine), in float64."""
-    f = torch.rsqrt(running_var.double() + eps)
-    return f if gamma is None else gamma.double() * f
+def bn_factor(running_var: Tensor, eps: float, gamma: Tensor | None, min_variance: float | None = None) -> Tensor:
+    """The per-channel factor ``f = gamma / sqrt(var + eps)`` of a BatchNorm in evaluation, in float64.
+
+    Args:
+        running_var: the running variance (C,).
+        eps: the BatchNorm's epsilon.
+        gamma: its scale (C,); None without affine parameters (gamma = 1).
+        min_variance: N2D2's fusion sets f = 0 where ``var <= min_variance`` (None: never).
+    """
+    var = running_var.double()
+    f = torch.rsqrt(var + eps) if gamma is None else gamma.double() / torch.sqrt(var + eps)
+    if min_variance is not None:
+        f = torch.where(var > min_variance, f, torch.zeros_like(f))
+    return f
 
 
 def fold_bn_weights(
@@ -155,7 +165,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[FoldedPair]
         skipped, bn_node = chain
         layer_name, bn_name = str(node.target), str(bn_node.target)
         new_layer = fold_layer_bn(folded.get_submodule(layer_name), folded.get_submodule(bn_name))
-        _set_submodule(folded, layer_name, new_layer)
+        folded.set_submodule(layer_name, new_layer)
         bn_node.replace_all_uses_with(node)
         for dead in [bn_node, *reversed(skipped)]:
             folded.graph.erase_node(dead)
@@ -165,8 +175,3 @@ def fold_batchnorm(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[FoldedPair]
     folded.recompile()
     return folded, pairs
 
-
-def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, module)

@@ -57,6 +57,7 @@ import torch
 from torch import Tensor
 
 from qatrun.errors import RunError
+from qatrun.fuse.fold import bn_factor
 from qatrun.fuse.scaling import RESCALING_MODES, ROUNDINGS, Requant, approximate, with_mode
 
 FLAVOURS = ("exact", "n2d2")
@@ -259,12 +260,9 @@ def _rintf(x: Tensor) -> Tensor:
     return torch.round(x.to(torch.float32))
 
 
-def bn_factor(bn: BatchNormParams, n2d2: bool) -> Tensor:
+def _bn_factor(bn: BatchNormParams, n2d2: bool) -> Tensor:
     """``f = gamma / sqrt(var + eps)`` in float64 (N2D2: 0 where ``var <= 1e-12``)."""
-    f = bn.gamma.double() / torch.sqrt(bn.var.double() + bn.eps)
-    if n2d2:
-        f = torch.where(bn.var.double() > N2D2_MIN_VARIANCE, f, torch.zeros_like(f))
-    return f
+    return bn_factor(bn.var, bn.eps, bn.gamma, N2D2_MIN_VARIANCE if n2d2 else None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,7 +306,7 @@ def exact_layer(
         f = torch.ones(channels, dtype=torch.float64)
         shift_real = b_real
     else:
-        f = bn_factor(bn, n2d2=False)
+        f = _bn_factor(bn, n2d2=False)
         safe_f = torch.where(f == 0, torch.ones_like(f), f)
         shift_real = b_real + bn.beta.double() / safe_f - bn.mean.double()
     big_f = f * u_acc  # z = F (acc + b')
@@ -416,7 +414,7 @@ def n2d2_conv_bn(
         k_w, corr, r_in = 15, N2D2_CORRECTION, 31  # N2D2 assumes a 4-bit input here
     k_b = k_w
     alpha_in, alpha_out, r_out = grid_in.alpha, act.alpha, act.range
-    f = bn_factor(bn, n2d2=True)
+    f = _bn_factor(bn, n2d2=True)
     sign = torch.where(f < 0, -1.0, 1.0).double()
     safe_f = torch.where(f == 0, torch.ones_like(f), f)
     b = torch.zeros_like(f) if bias is None else bias.double()
