@@ -12,12 +12,11 @@ silently ignores such keys in many sections; qatrun does not.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
-from qatrun.errors import ConfigError, Location
+from qatrun.errors import ConfigError, Location, did_you_mean
 from qatrun.ini.diagnostics import warn
 from qatrun.ini.expr import ExpressionError, evaluate
 from qatrun.ini.keys import REQUIRED, Key
@@ -470,10 +469,7 @@ class Document:
             if section.name and not section._used:
                 continue
             for key in section.unconsumed():
-                message = f"unknown key '{key}'"
-                close = difflib.get_close_matches(key, sorted(section._declared), n=1)
-                if close:
-                    message += f" (did you mean '{close[0]}'?)"
+                message = f"unknown key '{key}'{did_you_mean(key, sorted(section._declared))}"
                 errors.append(section.error(key, message))
         return errors
 

@@ -47,7 +47,6 @@ Where qatrun differs from N2D2, and why:
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ from typing import Any, Protocol
 
 import torch
 
-from qatrun.errors import ConfigError, Location
+from qatrun.errors import ConfigError, Location, did_you_mean
 from qatrun.ini import Key, Params, Section
 
 SOLVER_TYPES = ("SGD", "Adam")
@@ -375,9 +374,7 @@ def _from_raw(solver_type: str, raw: _Raw, what: str) -> SolverConfig:
     values: dict[str, Any] = {}
     for suffix, (text, error) in raw.items():
         if suffix not in keys:
-            close = difflib.get_close_matches(suffix, list(keys), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise error(f"unknown {solver_type} solver key{hint}; valid: {', '.join(keys)}")
+            raise error(f"unknown {solver_type} solver key{did_you_mean(suffix, keys)}; valid: {', '.join(keys)}")
         name, key = keys[suffix]
         try:
             values[name] = key.convert(text)
