@@ -14,13 +14,12 @@ Keys of other stages (``QWeight*``, ``QAct*``, solver keys) are left for the qua
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
-from qatrun.errors import ConfigError
+from qatrun.errors import ConfigError, did_you_mean
 from qatrun.ini import REQUIRED, Key
 
 if TYPE_CHECKING:
@@ -213,7 +212,4 @@ def check_placement(cell_type: CellType, section: Section, params: Params) -> No
             continue
         message = f"Unknown parameter: {name} (a {cell_type.name} cell"
         message += f" takes {', '.join(known)})" if known else " takes no parameters)"
-        close = difflib.get_close_matches(name, known, n=1)
-        if close:
-            message += f" (did you mean '{close[0]}'?)"
-        raise params.error(name, message)
+        raise params.error(name, message + did_you_mean(name, known))

@@ -18,7 +18,6 @@ copied modules); a pass that builds a new GraphModule from a rewritten graph mus
 from __future__ import annotations
 
 import copy
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -27,7 +26,7 @@ import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
-from qatrun.errors import ConfigError, Location
+from qatrun.errors import ConfigError, Location, did_you_mean
 from qatrun.ini import Key
 from qatrun.net import layers
 from qatrun.net import basic, batchnorm, conv, elemwise, fc, pool  # noqa: F401  (their cell types register on import)
@@ -194,18 +193,13 @@ def declared_keys(cell_type: str) -> set[str]:
     return names
 
 
-def _did_you_mean(name: str, candidates: list[str]) -> str:
-    close = difflib.get_close_matches(name, candidates, n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
 def _read_inputs(section: Section, layer_names: set[str]) -> tuple[str, ...]:
     names = tuple(name.strip() for name in section.read(INPUT).split(","))
     for name in names:
         if not name:
             raise section.error(INPUT.name, "empty name in the comma-separated list")
         if name not in layer_names and name not in SOURCES:
-            hint = _did_you_mean(name, sorted(layer_names)) or _did_you_mean(name, list(SOURCES))
+            hint = did_you_mean(name, sorted(layer_names)) or did_you_mean(name, list(SOURCES))
             raise section.error(
                 INPUT.name,
                 f"'{name}' is neither a layer section (a section with Input=) nor the network input "
@@ -322,7 +316,7 @@ def _cell_type(section: Section) -> CellType:
     if found is None:
         raise section.error(
             TYPE.name,
-            f"No cell generator for type '{name}'.{_did_you_mean(name, sorted(CELL_TYPES))} "
+            f"No cell generator for type '{name}'.{did_you_mean(name, sorted(CELL_TYPES))} "
             f"(qatrun builds: {', '.join(sorted(CELL_TYPES))})",
         )
     return found
@@ -393,7 +387,7 @@ def _targets(doc: Document, order: list[str], cells: dict[str, Cell]) -> list[Ta
         owner, sep, _ = section.name.rpartition(".Target")
         if sep and owner and owner not in cells and not section.has(INPUT.name):
             raise section.error(
-                None, f"target section of '{owner}', which is not a layer section{_did_you_mean(owner, list(cells))}"
+                None, f"target section of '{owner}', which is not a layer section{did_you_mean(owner, list(cells))}"
             )
     if not targets:
         last = list(cells)[-1] if cells else None

@@ -70,7 +70,6 @@ unconvertible operator be reported with its node. Each converted module runs onc
 
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 import operator
@@ -84,6 +83,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, fx, nn
 
+from qatrun.errors import did_you_mean
 from qatrun.ini import Key, warn
 from qatrun.net import layers
 from qatrun.net.activations import ACTIVATION, ACTIVATION_KEYS, FUNCTIONS, make_activation, read_activation
@@ -263,7 +263,7 @@ def _load(section: Section) -> OnnxFile:
     )
     for name in onnx_file.ignore:
         if name not in onnx_file.outputs:
-            suggestion = _did_you_mean(name, onnx_file.outputs)
+            suggestion = did_you_mean(name, onnx_file.outputs)
             raise section.error(IGNORE.name, f"'{name}' is no node output of {path}{suggestion}")
     return onnx_file
 
@@ -434,11 +434,6 @@ def _image_shape(tensor: Tensor) -> tuple[Shape, bool] | None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
-
-
-def _did_you_mean(name: str, candidates: list[str], cutoff: float = 0.6) -> str:
-    close = difflib.get_close_matches(name, candidates, n=1, cutoff=cutoff)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _fan_in_out(module: nn.Module) -> tuple[int, int]:
@@ -1078,11 +1073,10 @@ def check_overrides(doc: Document, files: list[OnnxFile], layer_sections: dict[s
         if name in kinds:
             what = _NO_SETTINGS.get(kinds[name], f"is a {kinds[name]} cell")
             raise section.error(None, f"node '{name}' {what}: the section has nothing to set")
-        close = difflib.get_close_matches(name, outputs, n=1, cutoff=0.8)
-        if close or set(section.bases) & anchors:
+        if did_you_mean(name, outputs, cutoff=0.8) or set(section.bases) & anchors:
             raise section.error(
                 None, f"names no node of the ONNX graph imported by [{'], ['.join(onnx_names)}] (an override "
-                f"section is named after a node's first output){_did_you_mean(name, outputs)}"
+                f"section is named after a node's first output){did_you_mean(name, outputs)}"
             )
 
 
@@ -1106,10 +1100,10 @@ def _check_default_name(section: Section, onnx_names: list[str]) -> None:
     if prefix in onnx_names:
         raise section.error(
             None, f"N2D2 has no default section {kind}_def (defaults: {defaults}); the settings of a Relu go in a "
-            f"section named after its output{_did_you_mean(kind + '_def', [k + '_def' for k in DEFAULT_KINDS])}"
+            f"section named after its output{did_you_mean(kind + '_def', [k + '_def' for k in DEFAULT_KINDS])}"
         )
     if kind in DEFAULT_KINDS:
         raise section.error(
             None, f"[{prefix}] is no ONNX section: defaults are named [<ONNX section>:<Kind>_def]"
-            f"{_did_you_mean(prefix, onnx_names)}"
+            f"{did_you_mean(prefix, onnx_names)}"
         )
