@@ -19,10 +19,9 @@ from __future__ import annotations
 
 import copy
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-import torch
 from torch import fx, nn
 from torch.nn import functional as F
 
@@ -31,6 +30,7 @@ from qatrun.ini import Key
 from qatrun.net import layers
 from qatrun.net import basic, batchnorm, conv, elemwise, fc, pool  # noqa: F401  (their cell types register on import)
 from qatrun.net.activations import ACTIVATION, ACTIVATION_KEYS, read_activation
+from qatrun.net.builder import SOURCES, Cell, GraphBuilder, Value, activation_name, module_name
 from qatrun.net.cells import (
     CELL_TYPES,
     COMMON_KEYS,
@@ -49,9 +49,6 @@ from qatrun.net.conv import BACK_PROPAGATE
 
 if TYPE_CHECKING:
     from qatrun.ini import Document, Section
-
-SOURCES = ("sp", "env", "cenv")
-"""Names that denote the network input in ``Input=``."""
 
 DEFAULT_MODEL = Key("DefaultModel", "str", "Transcode", "N2D2's implementation (Frame, Frame_CUDA): no effect")
 DEFAULT_DATA_TYPE = Key(
@@ -72,65 +69,6 @@ TARGET_KEYS = (
 )
 _TARGET = {key.name: key for key in TARGET_KEYS}
 MISSING_TARGET = "Missing target cell (no [*.Target] section found)"
-
-_RESERVED = {"cells", "targets"} | set(dir(fx.GraphModule))
-
-
-@dataclass
-class Cell:
-    """One built layer.
-
-    Attributes:
-        name: the section name.
-        type: its ``Type=``.
-        module: the cell's module as built (graph passes that swap modules find the current one with
-            ``gm.get_submodule(module_name(name))``).
-        act_module: the activation module ``<module>_act``, or None.
-        inputs: the ``Input=`` names.
-        out_shape: (C, H, W) of its output.
-        section: the layer section; for a cell imported from ONNX, its override section (the one named
-            after the node's output, else ``[<onnx>:<Kind>_def]``), or None when it has none.
-        in_shape: (C, H, W) the module receives (inputs concatenated; before the flatten of an Fc).
-        activation: the activation function name, or None.
-        macs: multiply-accumulates per image.
-        params: the cell parameters read from the ConfigSection.
-        act_section: the section holding the activation's settings (``ActivationFunction``, ``QAct*``)
-            when it is not ``section``: for an imported cell, the section named after the Relu merged
-            into it (onnx_import.py). ``QAct*`` are read from ``act_section or section``.
-    """
-
-    name: str
-    type: str
-    module: nn.Module
-    act_module: nn.Module | None
-    inputs: tuple[str, ...]
-    out_shape: Shape
-    section: Section | None
-    in_shape: Shape = (0, 0, 0)
-    activation: str | None = None
-    macs: int = 0
-    params: dict[str, object] = field(default_factory=dict)
-    act_section: Section | None = None
-
-    def __deepcopy__(self, memo: dict[int, object]) -> Cell:
-        # The modules are state and are copied (with the GraphModule holding them); the section is
-        # configuration and stays shared, so reads through a copy are still seen by strict mode.
-        copied = copy.copy(self)
-        copied.module = copy.deepcopy(self.module, memo)
-        copied.act_module = copy.deepcopy(self.act_module, memo)
-        copied.params = copy.deepcopy(self.params, memo)
-        return copied
-
-    @property
-    def module_name(self) -> str:
-        """The submodule name of the cell in the GraphModule."""
-        return module_name(self.name)
-
-    @property
-    def act_name(self) -> str | None:
-        """The submodule name of its activation, or None."""
-        return f"{self.module_name}_act" if self.act_module is not None else None
-
 
 @dataclass
 class Target:
@@ -159,20 +97,6 @@ class Target:
 
     def __deepcopy__(self, memo: dict[int, object]) -> Target:
         return copy.copy(self)  # every field is immutable but the section, which stays shared
-
-
-@dataclass
-class _Value:
-    """A tensor of the graph being built: its node, (C, H, W), and whether it is (N, C) rather than 4-D."""
-
-    node: fx.Node
-    shape: Shape
-    flat: bool = False
-
-
-def module_name(name: str) -> str:
-    """The submodule name of a section: every character outside ``[A-Za-z0-9_]`` becomes ``_``."""
-    return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
 def declared_keys(cell_type: str) -> set[str]:
@@ -243,63 +167,27 @@ def _read_globals(doc: Document) -> None:
         raise glob.error(INSERT_BATCHNORM.name, "not supported by qatrun: write the BatchNorm layers")
 
 
-class _GraphBuilder:
-    """Writes the fx graph cell by cell."""
-
-    def __init__(self, input_shape: Shape) -> None:
-        self.graph = fx.Graph()
-        self.root = nn.Module()
-        placeholder = self.graph.placeholder("x")
-        self.values: dict[str, _Value] = {name: _Value(placeholder, input_shape) for name in SOURCES}
-        self.names: dict[str, str] = {}  # submodule name -> section that took it
-
-    def add_module(self, section: Section, name: str, module: nn.Module) -> None:
-        if name in _RESERVED:
-            raise section.error(None, f"the section name gives the module name '{name}', which torch reserves")
-        if name in self.names:
-            raise section.error(
-                None, f"module name '{name}' is already taken by [{self.names[name]}]: section names must stay "
-                "distinct once every character outside A-Z a-z 0-9 _ becomes _"
-            )
-        self.names[name] = section.name
-        self.root.add_module(name, module)
-
-    def image(self, value: _Value) -> fx.Node:
-        """The node as (N, C, H, W)."""
-        if not value.flat:
-            return value.node
-        return self.graph.call_method("reshape", (value.node, -1, *value.shape))
-
-    def flat(self, value: _Value) -> fx.Node:
-        """The node as (N, C·H·W)."""
-        if value.flat:
-            return value.node
-        return self.graph.call_function(torch.flatten, (value.node, 1))
-
-    def concat(self, nodes: list[fx.Node]) -> fx.Node:
-        return nodes[0] if len(nodes) == 1 else self.graph.call_function(torch.cat, (nodes, 1))
-
-    def arguments(self, section: Section, cell_type: CellType, sources: list[_Value], names: tuple[str, ...]
-                  ) -> tuple[list[fx.Node], Shape, bool]:
-        """The argument nodes of a cell, the shape its module receives, and whether that is flat."""
-        mode, shapes = cell_type.inputs, [value.shape for value in sources]
-        described = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in zip(names, shapes))
-        if mode == "one" and len(sources) > 1:
-            raise section.error(INPUT.name, f"a {cell_type.name} cell takes one input, found {len(sources)}")
-        if mode == "many" and len(set(shapes)) > 1:
-            raise section.error(INPUT.name, f"the inputs must have one shape, found {described}")
-        if mode == "concat" and len({shape[1:] for shape in shapes}) > 1:
-            raise section.error(INPUT.name, f"the inputs must have one width and height, found {described}")
-        if mode == "flatten":
-            total = sum(c * h * w for c, h, w in shapes)
-            shape = shapes[0] if len(shapes) == 1 else (total, 1, 1)
-            return [self.concat([self.flat(value) for value in sources])], shape, True
-        if mode == "concat":
-            shape = (sum(s[0] for s in shapes), *shapes[0][1:])
-            return [self.concat([self.image(value) for value in sources])], shape, False
-        flat = all(value.flat for value in sources) and not cell_type.spatial
-        nodes = [value.node if flat else self.image(value) for value in sources]
-        return nodes, shapes[0], flat
+def _arguments(builder: GraphBuilder, section: Section, cell_type: CellType, sources: list[Value],
+               names: tuple[str, ...]) -> tuple[list[fx.Node], Shape, bool]:
+    """The argument nodes of a cell, the shape its module receives, and whether that is flat."""
+    mode, shapes = cell_type.inputs, [value.shape for value in sources]
+    described = ", ".join(f"{n} {'x'.join(map(str, s))}" for n, s in zip(names, shapes))
+    if mode == "one" and len(sources) > 1:
+        raise section.error(INPUT.name, f"a {cell_type.name} cell takes one input, found {len(sources)}")
+    if mode == "many" and len(set(shapes)) > 1:
+        raise section.error(INPUT.name, f"the inputs must have one shape, found {described}")
+    if mode == "concat" and len({shape[1:] for shape in shapes}) > 1:
+        raise section.error(INPUT.name, f"the inputs must have one width and height, found {described}")
+    if mode == "flatten":
+        total = sum(c * h * w for c, h, w in shapes)
+        shape = shapes[0] if len(shapes) == 1 else (total, 1, 1)
+        return [builder.concat([builder.flat(value) for value in sources])], shape, True
+    if mode == "concat":
+        shape = (sum(s[0] for s in shapes), *shapes[0][1:])
+        return [builder.concat([builder.image(value) for value in sources])], shape, False
+    flat = all(value.flat for value in sources) and not cell_type.spatial
+    nodes = [value.node if flat else builder.image(value) for value in sources]
+    return nodes, shapes[0], flat
 
 
 def _inject(section: Section, in_shape: Shape, out_shape: Shape) -> None:
@@ -322,7 +210,7 @@ def _cell_type(section: Section) -> CellType:
     return found
 
 
-def _build_cell(doc: Document, section: Section, inputs: tuple[str, ...], builder: _GraphBuilder) -> Cell:
+def _build_cell(doc: Document, section: Section, inputs: tuple[str, ...], builder: GraphBuilder) -> Cell:
     cell_type = _cell_type(section)
     section.read(MODEL)
     if section.read(DATA_TYPE) != "Float32":
@@ -332,7 +220,7 @@ def _build_cell(doc: Document, section: Section, inputs: tuple[str, ...], builde
     params.declare(*(key.name for key in cell_type.params))
     check_placement(cell_type, section, params)
     sources = [builder.values[name] for name in inputs]
-    nodes, in_shape, flat = builder.arguments(section, cell_type, sources, inputs)
+    nodes, in_shape, flat = _arguments(builder, section, cell_type, sources, inputs)
     ctx = Context(section, params, tuple(Source(n, v.shape) for n, v in zip(inputs, sources)), in_shape,
                   cell_type.name)
     built: Built = cell_type.build(ctx)
@@ -342,15 +230,15 @@ def _build_cell(doc: Document, section: Section, inputs: tuple[str, ...], builde
     if built.pre_pad is not None:
         nodes = [builder.graph.call_function(F.pad, (nodes[0], built.pre_pad))]
     name = module_name(section.name)
-    builder.add_module(section, name, built.module)
+    builder.add_section_module(section, name, built.module)
     node = builder.graph.call_module(name, tuple(nodes))
     act_module = None
     if activation is not None:
         act_module = activation[1]
-        builder.add_module(section, f"{name}_act", act_module)
-        node = builder.graph.call_module(f"{name}_act", (node,))
+        builder.add_section_module(section, activation_name(name), act_module)
+        node = builder.graph.call_module(activation_name(name), (node,))
     out_flat = cell_type.output == "flat" or (cell_type.output == "same" and flat)
-    builder.values[section.name] = _Value(node, built.out_shape, out_flat)
+    builder.values[section.name] = Value(node, built.out_shape, out_flat)
     _inject(section, in_shape, built.out_shape)
     return Cell(
         section.name, cell_type.name, built.module, act_module, inputs, built.out_shape, section, in_shape,
@@ -428,7 +316,7 @@ def build(doc: Document, input_shape: tuple[int, int, int]) -> fx.GraphModule:
     names = set(layer_sections) | set(provided)
     parents = {name: _read_inputs(section, names) for name, section in layer_sections.items()}
     order = _order(layer_sections, onnx_import.ordering(parents, provided))
-    builder = _GraphBuilder(tuple(input_shape))
+    builder = GraphBuilder(tuple(input_shape))
     cells: dict[str, Cell] = {}
     for name in order:
         if name in imports:

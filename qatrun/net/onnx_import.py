@@ -92,8 +92,7 @@ from qatrun.net.cells import CELL_TYPES, DATA_TYPE, INPUT, MODEL, TYPE, Shape, c
 from qatrun.net.conv import BACK_PROPAGATE, CONV_PARAMS, NO_BIAS, OUTPUTS_REMAP
 from qatrun.net.fc import DROP_CONNECT, FC_PARAMS, NORMALIZE
 from qatrun.net.fillers import DEFAULT_FILLER, FILLER_KEYS, fill_, read_filler
-# The builder's internals: an import writes into the same graph, under the same rules, as graph.build.
-from qatrun.net.graph import _RESERVED, SOURCES, Cell, _GraphBuilder, _Value, module_name
+from qatrun.net.builder import RESERVED, SOURCES, Cell, GraphBuilder, Value, activation_name, module_name
 
 if TYPE_CHECKING:
     import onnx
@@ -472,7 +471,7 @@ def _graph_keys(kind: str) -> set[str]:
 class _Importer:
     """Writes one ONNX graph into the builder's fx graph, node by node."""
 
-    def __init__(self, doc: Document, onnx_file: OnnxFile, builder: _GraphBuilder, source: str) -> None:
+    def __init__(self, doc: Document, onnx_file: OnnxFile, builder: GraphBuilder, source: str) -> None:
         self.doc, self.file, self.builder, self.source = doc, onnx_file, builder, source
         self.graph = onnx_file.graph
         self.plan = _plan(onnx_file)
@@ -495,12 +494,11 @@ class _Importer:
         return f"node {name}({node.operation_type}, output '{node.output_values[0]}')"
 
     def add_module(self, name: str, module: nn.Module, owner: str) -> None:
-        taken = self.builder.names.get(name)
-        if name in _RESERVED or taken is not None:
+        taken = self.builder.owners.get(name)
+        if name in RESERVED or taken is not None:
             why = f"already taken by [{taken}]" if taken else "which torch reserves"
             raise self.error(f"node output '{owner}' gives the module name '{name}', {why}")
-        self.builder.names[name] = owner
-        self.builder.root.add_module(name, module)
+        self.builder.add_module(name, module, owner)
 
     def set(self, value: str, node: fx.Node, example: Tensor, owner: str | None) -> None:
         self.tensors[value] = (node, example)
@@ -508,7 +506,7 @@ class _Importer:
             self.owner[value] = owner
         shape = _image_shape(example) if isinstance(example, Tensor) else None
         if shape is not None:
-            self.builder.values[value] = _Value(node, *shape)
+            self.builder.values[value] = Value(node, *shape)
 
     def tensor(self, value: str) -> tuple[fx.Node, Tensor]:
         found = self.argument(value)
@@ -543,7 +541,7 @@ class _Importer:
         if self._glue is None:
             self._glue = nn.Module()
             self._glue.add_module("constants", nn.Module())
-            self.builder.add_module(self.file.section, self.prefix, self._glue)
+            self.builder.add_section_module(self.file.section, self.prefix, self._glue)
         return self._glue
 
     def cell_name(self, value: str) -> str:
@@ -974,7 +972,7 @@ class _Importer:
     def merge(self, cell: Cell, value: str, output: str, function: str, module: nn.Module,
               section: Section | None) -> None:
         """Makes ``module`` the activation ``<cell>_act`` of ``cell``, whose output ``value`` it reads."""
-        name = f"{module_name(cell.name)}_act"
+        name = activation_name(module_name(cell.name))
         self.add_module(name, module, output)
         source, example = self.tensors[value]
         call = self.builder.graph.call_module(name, (source,))
@@ -1013,7 +1011,7 @@ _HANDLERS = {
 }
 
 
-def import_graph(doc: Document, onnx_file: OnnxFile, builder: _GraphBuilder, inputs: tuple[str, ...]
+def import_graph(doc: Document, onnx_file: OnnxFile, builder: GraphBuilder, inputs: tuple[str, ...]
                  ) -> dict[str, Cell]:
     """Writes an ONNX section's graph into the network being built.
 

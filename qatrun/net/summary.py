@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from torch import Tensor, fx, nn
 
+from qatrun.net.builder import activation_name, module_name
 from qatrun.net.cells import Shape
-from qatrun.net.graph import module_name
 
 
 @dataclass(frozen=True)
@@ -58,7 +58,7 @@ def summarize(gm: fx.GraphModule) -> list[LayerRow]:
         name = module_name(cell.name)
         params = count_parameters(gm.get_submodule(name))
         if cell.act_module is not None:
-            params += count_parameters(gm.get_submodule(f"{name}_act"))
+            params += count_parameters(gm.get_submodule(activation_name(name)))
         rows.append(
             LayerRow(cell.name, cell.type, cell.inputs, cell.out_shape, params, cell.macs, cell.activation or "")
         )
