@@ -19,8 +19,9 @@ and tests at the end: the rate reported is that final test on the 10,000 MNIST t
 
     .venv/bin/python scripts/bench_accuracy.py --quick                 # smoke run, a minute or two
     .venv/bin/python scripts/bench_accuracy.py > bench.log 2>&1        # the full table
-    .venv/bin/python scripts/bench_accuracy.py --rows sat-w4a4 --clamp-weights /tmp/x/weights \\
-        --set '$LR=0.02'                                                 # rerun one row from a kept clamp run
+    .venv/bin/python scripts/bench_accuracy.py --workdir runs/bench    # the same, run folders kept
+    .venv/bin/python scripts/bench_accuracy.py --rows sat-w4a4 --clamp-weights runs/bench/phase1-clamp/weights \\
+        --set '$LR=0.02'                                                 # rerun one row from the kept clamp run
 
 Writes ``bench_accuracy.json`` (``--json``) with every figure and the exact commands.
 """

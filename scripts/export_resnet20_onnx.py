@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Exports qatrun's float ResNet-20 (models/ResNet20-cifar10.ini) to ONNX, the input of the ONNX QAT example.
 
-    N2D2_DATA=/work/shared/data qatrun models/ResNet20-cifar10.ini -learn-epoch 30  # writes weights_validation/
+    N2D2_DATA=/path/to/data qatrun models/ResNet20-cifar10.ini -learn-epoch 30  # writes weights_validation/
     .venv/bin/python scripts/export_resnet20_onnx.py --weights weights_validation models/onnx/resnet20-cifar10.onnx
 
 The network is built from the INI exactly as the command builds it (the same ``torch.fx.GraphModule``),

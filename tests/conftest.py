@@ -1,10 +1,42 @@
-"""Settings shared by every test."""
+"""Settings shared by every test, and the one way to reach data that does not ship with qatrun."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Callable
+
+import pytest
 
 # The unit tests compare the SAT alpha gradient with plain references at atol 0, which fixes the order of its
 # sum: they run the eager quantizer kernels. tests/quant/test_quant_kernels.py and the two-phase CLI run set
 # QATRUN_KERNELS themselves to test the compiled ones. Subprocesses inherit the setting.
 os.environ["QATRUN_KERNELS"] = "eager"
+
+# What the suite needs and may ship lies in tests/ (golden/n2d2-lenet-8b: N2D2's numbers) and qatrun/data/mnist.
+# The rest (the CIFAR-10 subset, N2D2's own files) is looked for beside the repository, never at a fixed path.
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Callable[[str, str], Path]:
+    """``shared_data(relative, what)`` -> the path of an item that does not ship, or skips the calling test.
+
+    ``relative`` is a path as laid out in shared/: ``data/...`` for data sets, found in the folder
+    ``$N2D2_DATA`` names (as the qatrun command finds them) else in ``shared/data``; anything else under
+    shared/ (``golden/n2d2-lenet-8b/LeNet-bn-SAT-8b.ini``, N2D2's own file). ``what`` names the item in the
+    skip reason: ``CIFAR-10 not found: set N2D2_DATA or put shared/ beside the repository``.
+    """
+
+    def find(relative: str, what: str) -> Path:
+        first, _, rest = relative.partition("/")
+        env = os.environ.get("N2D2_DATA")  # read at each call: tests may set it
+        path = Path(env) / rest if first == "data" and env else SHARED / relative
+        if not path.exists():
+            hint = "set N2D2_DATA or put shared/ beside the repository" if first == "data" else (
+                "put shared/ beside the repository")
+            pytest.skip(f"{what} not found: {hint}")
+        return path
+
+    return find

@@ -350,7 +350,7 @@ def test_spec_reads_every_key_without_data(tmp_path: Path) -> None:
         SizeY=24
         NbChannels=3
         BatchSize=128
-        CachePath=/tmp/cache
+        CachePath={tmp_path}/cache
         ConfigSection=sp.config
         [sp.config]
         DataSignedMapping=0

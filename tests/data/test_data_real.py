@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -16,11 +17,8 @@ from qatrun.ini import loads
 from tests.data.helpers import doc, scaled, write_idx
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED = next((p for p in (REPO.parent / "shared", Path("/work/shared")) if p.is_dir()), None)
-needs_shared = pytest.mark.skipif(
-    SHARED is None, reason="shared/ (golden data, CIFAR-10 subset) not found beside the repository"
-)
-GOLDEN_POSITIONS = (3593, 9194)  # N2D2's test positions 0 and 1 of the golden run (README of golden/n2d2-lenet-8b)
+GOLDEN = REPO / "tests" / "golden" / "n2d2-lenet-8b"  # N2D2's logged inputs and the INI of their network
+GOLDEN_POSITIONS = (3593, 9194)  # N2D2's test positions 0 and 1 of the golden run (the README of GOLDEN)
 
 
 def read_dat(path: Path) -> list[str]:
@@ -50,11 +48,10 @@ def t10k() -> torch.Tensor:
     return formats.read_idx_images(SHIPPED_MNIST / "t10k-images-idx3-ubyte.gz")
 
 
-@needs_shared
 @pytest.mark.parametrize("stimulus", [0, 1])
 def test_rescale_reproduces_opencv_on_the_golden_inputs(t10k: torch.Tensor, stimulus: int) -> None:
     image = t10k[GOLDEN_POSITIONS[stimulus]][None]  # (1, 1, 28, 28)
-    outputs = SHARED / "golden/n2d2-lenet-8b/outputs"
+    outputs = GOLDEN / "outputs"
     golden = torch.tensor([float(v) for v in read_dat(outputs / f"fused_NONE/stimulus{stimulus}/env.dat")]).view(32, 32)
     ours = Rescale(32, 32)(image)[0, 0].double()
     floating = F.interpolate(image.double(), size=(32, 32), mode="bilinear", align_corners=False).round()[0, 0]
@@ -79,7 +76,6 @@ def test_rescale_reproduces_opencv_on_the_golden_inputs(t10k: torch.Tensor, stim
     assert misses == (4, 7)[stimulus]
 
 
-@needs_shared
 def test_golden_ini_through_the_provider(t10k: torch.Tensor, tmp_path: Path) -> None:
     # The golden INI as N2D2 ran it, on the genuine t10k set (its positions 3593 and 9194 are the golden
     # stimuli) and, to keep the test fast on a loaded machine, only the first 1 000 training images.
@@ -88,7 +84,7 @@ def test_golden_ini_through_the_provider(t10k: torch.Tensor, tmp_path: Path) -> 
     test_labels = formats.read_idx_labels(SHIPPED_MNIST / "t10k-labels-idx1-ubyte.gz").numpy()
     write_idx(tmp_path, "train", train, train_labels, gz=False)
     write_idx(tmp_path, "t10k", t10k[:, 0].numpy(), test_labels, gz=False)
-    ini = SHARED / "golden/n2d2-lenet-8b/LeNet-bn-SAT-8b.ini"
+    ini = GOLDEN / "network.ini"
     text = ini.read_text().replace("Type=MNIST_IDX_Database", f"Type=MNIST_IDX_Database\nDataPath={tmp_path}")
     d = loads(text, path=str(ini))
     spec = DataSpec.from_doc(d)
@@ -97,15 +93,14 @@ def test_golden_ini_through_the_provider(t10k: torch.Tensor, tmp_path: Path) -> 
     assert provider.source == tmp_path and d.section("env").raw("_EpochSize") == "1000"
     assert sum(len(y) for _, y in provider.loader("Learn", shuffle=True)) == 1000
     x, _ = next(iter(provider.loader("Test", shuffle=False, batch_size=10000)))
-    outputs = SHARED / "golden/n2d2-lenet-8b/outputs/fakequant"
+    outputs = GOLDEN / "outputs/fakequant"
     for stimulus, position in enumerate(GOLDEN_POSITIONS):
         printed = [f"{v:.6g}" for v in x[position, 0].double().flatten().tolist()]
         assert printed == read_dat(outputs / f"stimulus{stimulus}/env.dat")
 
 
-@needs_shared
-def test_cifar10_subset() -> None:
-    folder = SHARED / "data/cifar10"
+def test_cifar10_subset(shared_data: Callable[[str, str], Path]) -> None:
+    folder = shared_data("data/cifar10", "CIFAR-10")
     spec = DataSpec.from_doc(
         doc(
             f"[database]\nType=CIFAR10_Database\nDataPath={folder}\n[sp]\nSizeX=32\nSizeY=32\nNbChannels=3\nBatchSize=100\n"

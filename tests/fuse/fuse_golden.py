@@ -1,4 +1,4 @@
-"""The golden N2D2 LeNet (golden/n2d2-lenet-8b) as a fake-quantized torch.fx network, in plain torch.
+"""The golden N2D2 LeNet (tests/golden/n2d2-lenet-8b) as a fake-quantized torch.fx network, in plain torch.
 
 Written here from reference/n2d2.md §5.1-5.2 (SAT weights and activations, float32 as N2D2's CPU kernels:
 ``q = 0.5 (t+1)``, ``Wq = 2 ((1/R) rint(R q)) - 1``, S from sequential float32 sums), independently of
@@ -8,7 +8,6 @@ Written here from reference/n2d2.md §5.1-5.2 (SAT weights and activations, floa
 from __future__ import annotations
 
 import functools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,8 @@ from torch.nn import functional as F
 
 from qatrun.fuse.integerize import ActQuant, WeightQuant, sat_act
 
-SHARED = Path(os.environ.get("QATRUN_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-GOLDEN = SHARED / "golden" / "n2d2-lenet-8b"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "n2d2-lenet-8b"  # N2D2's numbers, shipped
+INI = GOLDEN / "network.ini"  # the network they come from, as qatrun reads it
 SHAPES = {"conv1": (6, 1, 5, 5), "conv2": (16, 6, 5, 5), "conv3": (120, 16, 5, 5), "fc1": (84, 120), "fc2": (10, 84)}
 ACTIVATED = ("bn1", "bn2", "bn3", "fc1", "fc2")
 # N2D2's fused output names (the Conv now outputs levels) -> the source module each one replaces.

@@ -16,8 +16,6 @@ from qatrun.net.layers import MappedConv2d
 from qatrun.quant import QuantConv2d, QuantizedActivation, SATActivationQuantizer, SATActSpec, SATWeightQuantizer
 from qatrun.quant import SATWeightSpec
 
-pytestmark = pytest.mark.skipif(not golden.GOLDEN.is_dir(), reason="shared golden data not found")
-
 
 @pytest.fixture(scope="module")
 def exact_report():

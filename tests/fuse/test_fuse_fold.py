@@ -51,7 +51,7 @@ def test_fold_keeps_a_masked_convolution_masked() -> None:
 def float_lenet() -> fx.GraphModule:
     from qatrun import ini, net
 
-    doc = ini.load(str(golden.GOLDEN / "LeNet-bn-SAT-8b.ini"))
+    doc = ini.load(str(golden.INI))
     gm = net.build(doc, (1, 32, 32))
     with torch.no_grad():
         for cell, shape in golden.SHAPES.items():
@@ -65,7 +65,6 @@ def float_lenet() -> fx.GraphModule:
     return gm.eval()
 
 
-@pytest.mark.skipif(not golden.GOLDEN.is_dir(), reason="shared golden data not found")
 def test_fold_graph_pass_on_the_lenet_built_from_its_ini(float_lenet: fx.GraphModule) -> None:
     folded, pairs = fold_batchnorm(float_lenet)
     assert [(p.layer, p.batchnorm, p.skipped) for p in pairs] == [

@@ -1,4 +1,4 @@
-"""Fusion of N2D2's SAT W8A8 LeNet against what N2D2 itself wrote (golden/n2d2-lenet-8b).
+"""Fusion of N2D2's SAT W8A8 LeNet against what N2D2 itself wrote (tests/golden/n2d2-lenet-8b).
 
 * n2d2 flavour: the fused weights and biases equal N2D2's files (RINTF byte for byte, NONE to its 6
   printed digits, byte for byte too), the per-channel clip and scale equal derived/, and the integer
@@ -18,8 +18,6 @@ from torch import Tensor, fx
 
 from qatrun.fuse import FuseOptions, integerize, verify, write_weights_quantized
 from qatrun.fuse.integerize import INPUT_GRID
-
-pytestmark = pytest.mark.skipif(not golden.GOLDEN.is_dir(), reason="shared golden data not found")
 
 ROUND_MODES = ("NONE", "RINTF")
 LAYERS = ("conv1", "conv2", "conv3", "fc1", "fc2")

@@ -291,7 +291,7 @@ def test_quant_modules_built_from_the_golden_ini() -> None:
     """The whole path: qatrun.net builds the INI, qatrun.quant prepares it, fusion reads it (DefaultReader)."""
     from qatrun import ini, net, quant
 
-    doc = ini.load(str(fuse_golden.GOLDEN / "LeNet-bn-SAT-8b.ini"))
+    doc = ini.load(str(fuse_golden.INI))
     gm = net.build(doc, (1, 32, 32))
     plans = {net.module_name(s.name): plan for s in doc.sections()
              if s.has("Input") and (plan := quant.plan_for(s, doc.params(s)))}

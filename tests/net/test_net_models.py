@@ -13,7 +13,7 @@ from qatrun.net.cells import FOREIGN_PREFIXES
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "models"
-GOLDEN = ROOT.parent / "shared" / "golden" / "n2d2-lenet-8b"
+GOLDEN = ROOT / "tests" / "golden" / "n2d2-lenet-8b"  # N2D2's weights and the INI of their network
 
 
 def conv(cin: int, cout: int, k: int, groups: int = 1) -> int:
@@ -169,10 +169,9 @@ def test_mobilenet_v1() -> None:
     assert all(error.key.startswith(FOREIGN_PREFIXES) for error in doc.unknown_keys())
 
 
-@pytest.mark.skipif(not GOLDEN.is_dir(), reason="shared golden data not present")
 def test_golden_n2d2_lenet_8b() -> None:
     torch.manual_seed(0)
-    doc = load(str(GOLDEN / "LeNet-bn-SAT-8b.ini"))
+    doc = load(str(GOLDEN / "network.ini"))
     gm = build(doc, (1, 32, 32))
     shapes = {row.name: row.out_shape for row in summarize(gm)}
     # the README: conv1 5x5 6 maps, pool1 2x2/2, conv2 16 maps on all channels, pool2, conv3 120 maps 1x1,

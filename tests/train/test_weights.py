@@ -22,7 +22,7 @@ from qatrun.train.weights import (
     read_values,
 )
 
-GOLDEN = Path("/work/shared/golden/n2d2-lenet-8b/weights_8b_SAT")
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "n2d2-lenet-8b" / "weights_8b_SAT"  # N2D2's, shipped
 
 
 def _lenet_entries(fill: float | None = None) -> list[Entry]:
