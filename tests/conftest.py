@@ -40,3 +40,9 @@ def shared_data() -> Callable[[str, str], Path]:
         return path
 
     return find
+
+
+@pytest.fixture
+def cifar10(shared_data: Callable[[str, str], Path]) -> Path:
+    """The CIFAR-10 subset's folder (``$N2D2_DATA/cifar10`` or ``shared/data/cifar10``), or skips the test."""
+    return shared_data("data/cifar10", "CIFAR-10")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
 
 import onnx
 import pytest
@@ -25,9 +24,9 @@ W4A4 = REPO / "models" / "ResNet20-onnx-W4A4.ini"
 
 
 @pytest.fixture
-def cifar_data(shared_data: Callable[[str, str], Path], monkeypatch: pytest.MonkeyPatch) -> Path:
+def cifar_data(cifar10: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The data folder holding the CIFAR-10 subset, as ``$N2D2_DATA`` for the INIs' ``DataPath``."""
-    folder = shared_data("data/cifar10", "CIFAR-10").parent
+    folder = cifar10.parent
     monkeypatch.setenv("N2D2_DATA", str(folder))
     return folder
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -99,11 +98,10 @@ def test_golden_ini_through_the_provider(t10k: torch.Tensor, tmp_path: Path) -> 
         assert printed == read_dat(outputs / f"stimulus{stimulus}/env.dat")
 
 
-def test_cifar10_subset(shared_data: Callable[[str, str], Path]) -> None:
-    folder = shared_data("data/cifar10", "CIFAR-10")
+def test_cifar10_subset(cifar10: Path) -> None:
     spec = DataSpec.from_doc(
         doc(
-            f"[database]\nType=CIFAR10_Database\nDataPath={folder}\n[sp]\nSizeX=32\nSizeY=32\nNbChannels=3\nBatchSize=100\n"
+            f"[database]\nType=CIFAR10_Database\nDataPath={cifar10}\n[sp]\nSizeX=32\nSizeY=32\nNbChannels=3\nBatchSize=100\n"
         )
     )
     assert spec.epoch_size() == 4660
@@ -113,7 +111,7 @@ def test_cifar10_subset(shared_data: Callable[[str, str], Path]) -> None:
     test = provider._prepared["Test"]
     assert torch.bincount(test.labels).tolist() == [97, 78, 94, 95, 85, 84, 105, 96, 98, 100]  # its README
     assert test.labels[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
-    raw = np.fromfile(folder / "test_batch_first932.bin", np.uint8).reshape(-1, 3073)
+    raw = np.fromfile(cifar10 / "test_batch_first932.bin", np.uint8).reshape(-1, 3073)
     x, y = next(iter(provider.loader("Test", shuffle=False)))
     assert x.shape == (100, 3, 32, 32) and y[:5].tolist() == [3, 8, 8, 0, 6]
     bgr = raw[:100, 1:].reshape(100, 3, 32, 32)[:, ::-1]
