@@ -6,6 +6,13 @@ inputs, checks where cell parameters were written (reference/n2d2.md section 1.4
 and calls the builder with a :class:`Context` holding the section, the ConfigSection parameters and the
 input shapes. The builder returns the module, the output shape and the cost.
 
+A cell type may instead write a whole sub-network from one section (``Type=ONNX``, ``onnx_import/``):
+it registers ``subnetwork``, which reads such a section before the build order is known and returns a
+:class:`Subnetwork`; ``graph.py`` asks it the names of the values it will provide (which ``Input=`` of
+other layers may then use), has it write its cells in its turn, and finally calls the type's
+``after_build`` with all its subnetworks, for checks that need the whole network (override sections
+that match nothing). ``graph.py`` knows no such type by name.
+
 Placement rules (section 1.4): geometry, mapping, fillers and activation are read from the layer section
 (inherited keys included); cell *parameters* (``NoBias``, ``Epsilon``, ``Dropout``...) only from the
 ``ConfigSection``. N2D2 silently ignores a cell parameter written in the layer section; qatrun rejects it.
@@ -14,8 +21,9 @@ Keys of other stages (``QWeight*``, ``QAct*``, solver keys) are left for the qua
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from torch import nn
 
@@ -23,7 +31,8 @@ from qatrun.errors import ConfigError, did_you_mean
 from qatrun.ini import REQUIRED, Key
 
 if TYPE_CHECKING:
-    from qatrun.ini import Params, Section
+    from qatrun.ini import Document, Params, Section
+    from qatrun.net.builder import Cell, GraphBuilder
 
 Shape = tuple[int, int, int]
 """(C, H, W) of one sample."""
@@ -140,6 +149,39 @@ class Built:
     pre_pad: tuple[int, int, int, int] | None = None
 
 
+class Subnetwork(Protocol):
+    """A layer section whose cell type writes several cells itself, as read before the build.
+
+    Its own name is no value: in another layer's ``Input=`` it only orders that layer after it (the
+    values it provides are read by their own names).
+    """
+
+    def provides(self, layer_sections: Mapping[str, Section]) -> tuple[str, ...]:
+        """The names of the values it will write, which later layers' ``Input=`` may name.
+
+        Raises:
+            ConfigError: a name that a layer section has too.
+        """
+        ...
+
+    def no_value(self, reader: Section) -> ConfigError:
+        """The error for a layer whose ``Input=`` names only subnetwork sections (nothing to read)."""
+        ...
+
+    def write(self, doc: Document, builder: GraphBuilder, inputs: tuple[str, ...]) -> dict[str, Cell]:
+        """Writes its cells into the network, in its turn of the build order.
+
+        Args:
+            doc: the INI document.
+            builder: the network being written; every value it provides is in ``builder.values`` after.
+            inputs: the section's ``Input=`` names.
+
+        Returns:
+            The cells written, by name, in the order written.
+        """
+        ...
+
+
 INPUT_MODES = ("one", "concat", "flatten", "many")
 
 
@@ -149,7 +191,7 @@ class CellType:
 
     Attributes:
         name: the ``Type=`` value.
-        build: the builder.
+        build: the builder of one cell; None for a type that writes a sub-network (``subnetwork``).
         keys: the keys it reads from the layer section (besides ``COMMON_KEYS``).
         params: the cell parameters it reads from the ConfigSection.
         inputs: ``one`` (a single input), ``concat`` (channels of the inputs concatenated), ``flatten``
@@ -159,18 +201,26 @@ class CellType:
             its input.
         activation: None if the cell has no ``ActivationFunction``, ``""`` if optional (no default),
             else the default function name.
+        subnetwork: for a type whose section writes several cells: reads such a section (all of them are
+            read, in file order, before any cell is built).
+        after_build: with ``subnetwork``, called once every cell is built, with the document, this type's
+            subnetworks in file order and the layer sections; checks that need the whole network.
     """
 
     name: str
-    build: Callable[[Context], Built]
+    build: Callable[[Context], Built] | None
     keys: tuple[Key, ...] = ()
     params: tuple[Key, ...] = ()
     inputs: str = "one"
     spatial: bool = True
     output: str = "image"
     activation: str | None = None
+    subnetwork: Callable[[Section], Subnetwork] | None = None
+    after_build: Callable[[Document, Sequence[Subnetwork], Mapping[str, Section]], None] | None = None
 
     def __post_init__(self) -> None:
+        assert (self.build is None) != (self.subnetwork is None), self.name
+        assert self.after_build is None or self.subnetwork is not None, self.name
         assert self.inputs in INPUT_MODES, self.inputs
         assert self.output in ("image", "flat", "same"), self.output
         assert self.output != "same" or not self.spatial, self.name
@@ -184,6 +234,11 @@ def register(cell_type: CellType) -> CellType:
     assert cell_type.name not in CELL_TYPES, cell_type.name
     CELL_TYPES[cell_type.name] = cell_type
     return cell_type
+
+
+def cell_generators() -> list[str]:
+    """The names of the types that build one cell (N2D2's cell generators), sorted."""
+    return sorted(name for name, cell_type in CELL_TYPES.items() if cell_type.build is not None)
 
 
 def all_param_names() -> set[str]:

@@ -13,6 +13,12 @@ negative Conv padding. The GraphModule carries ``cells`` (section name -> :class
 (:class:`Target` list); ``forward(x)`` returns the output of the target cell, or a tuple when there are
 several targets, one per target. ``copy.deepcopy(gm)`` keeps ``cells`` and ``targets`` (pointing at the
 copied modules); a pass that builds a new GraphModule from a rewritten graph must carry them over.
+
+A section whose cell type writes a whole sub-network (a :class:`~qatrun.net.cells.Subnetwork`, such as
+``Type=ONNX``) goes through the registry's generic hooks: it is read before the order is known, the
+values it provides are names ``Input=`` may use (standing, for the order, for the section itself), it
+writes its cells into the same :class:`~qatrun.net.builder.GraphBuilder` in its turn, and its type checks
+the whole network after the build. This module names no such type.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from torch.nn import functional as F
 from qatrun.errors import ConfigError, Location, did_you_mean
 from qatrun.ini import Key
 from qatrun.net import layers
-from qatrun.net import basic, batchnorm, conv, elemwise, fc, pool  # noqa: F401  (their cell types register on import)
+# Their cell types register on import (onnx_import: Type=ONNX, a type that writes a sub-network).
+from qatrun.net import basic, batchnorm, conv, elemwise, fc, onnx_import, pool  # noqa: F401
 from qatrun.net.activations import ACTIVATION, ACTIVATION_KEYS, read_activation
 from qatrun.net.builder import SOURCES, Cell, GraphBuilder, Value, activation_name, module_name
 from qatrun.net.cells import (
@@ -43,6 +50,8 @@ from qatrun.net.cells import (
     Context,
     Shape,
     Source,
+    Subnetwork,
+    cell_generators,
     check_placement,
 )
 from qatrun.net.conv import BACK_PROPAGATE
@@ -158,6 +167,36 @@ def _order(layers_: dict[str, Section], parents: dict[str, tuple[str, ...]]) -> 
     return sorted(layers_, key=lambda name: (rank[name], position[name]))
 
 
+def _subnetworks(layer_sections: dict[str, Section]
+                 ) -> tuple[dict[str, Subnetwork], dict[str, list[Subnetwork]]]:
+    """Reads the sections whose cell type writes a sub-network (cells.py), in file order.
+
+    Returns:
+        Section name -> its subnetwork, and each such ``Type=`` -> its subnetworks (for ``after_build``).
+    """
+    found: dict[str, Subnetwork] = {}
+    by_type: dict[str, list[Subnetwork]] = {}
+    for name, section in layer_sections.items():
+        # A missing or unknown Type= is reported when the section is built, in build order.
+        cell_type = CELL_TYPES.get(section.raw(TYPE.name)) if section.has(TYPE.name) else None
+        if cell_type is not None and cell_type.subnetwork is not None:
+            found[name] = cell_type.subnetwork(section)
+            by_type.setdefault(cell_type.name, []).append(found[name])
+    return found, by_type
+
+
+def _data_inputs(section: Section, inputs: tuple[str, ...], subnetworks: dict[str, Subnetwork]) -> tuple[str, ...]:
+    """The inputs a layer reads: a subnetwork section in ``Input=`` only orders (``Input=<it>,<its value>``).
+
+    Raises:
+        ConfigError: ``Input=`` names only subnetwork sections.
+    """
+    kept = tuple(name for name in inputs if name not in subnetworks)
+    if not kept:
+        raise subnetworks[inputs[0]].no_value(section)
+    return kept
+
+
 def _read_globals(doc: Document) -> None:
     glob = doc.global_section
     glob.read(DEFAULT_MODEL)
@@ -202,10 +241,11 @@ def _cell_type(section: Section) -> CellType:
     name = section.read(TYPE)
     found = CELL_TYPES.get(name)
     if found is None:
+        generators = cell_generators()  # N2D2's word: the types that build one cell
         raise section.error(
             TYPE.name,
-            f"No cell generator for type '{name}'.{did_you_mean(name, sorted(CELL_TYPES))} "
-            f"(qatrun builds: {', '.join(sorted(CELL_TYPES))})",
+            f"No cell generator for type '{name}'.{did_you_mean(name, generators)} "
+            f"(qatrun builds: {', '.join(generators)})",
         )
     return found
 
@@ -223,6 +263,7 @@ def _build_cell(doc: Document, section: Section, inputs: tuple[str, ...], builde
     nodes, in_shape, flat = _arguments(builder, section, cell_type, sources, inputs)
     ctx = Context(section, params, tuple(Source(n, v.shape) for n, v in zip(inputs, sources)), in_shape,
                   cell_type.name)
+    assert cell_type.build is not None, cell_type.name  # a subnetwork type's sections are written whole
     built: Built = cell_type.build(ctx)
     activation = _activation(section, cell_type)
     if not built.params.get(BACK_PROPAGATE.name, True):
@@ -283,7 +324,7 @@ def _targets(doc: Document, order: list[str], cells: dict[str, Cell]) -> list[Ta
             raise ConfigError(MISSING_TARGET, Location(doc.path))
         message = f"{MISSING_TARGET}: the network output [{last}] needs a [{last}.Target] section"
         section = cells[last].section
-        if section is None:  # a cell imported from ONNX without an override section
+        if section is None:  # a cell a subnetwork wrote without a section (an ONNX node without override)
             raise ConfigError(message, Location(doc.path))
         raise section.error(None, message)
     return targets
@@ -309,22 +350,27 @@ def build(doc: Document, input_shape: tuple[int, int, int]) -> fx.GraphModule:
     layer_sections = {s.name: s for s in doc.sections() if s.has(INPUT.name) and s.template is None}
     for section in layer_sections.values():
         section.mark_used()
-    from qatrun.net import onnx_import  # here: onnx_import builds on this module's classes
-
-    imports = onnx_import.load_files(layer_sections)  # Type=ONNX sections
-    provided = onnx_import.provided_names(imports, layer_sections)
+    subnetworks, by_type = _subnetworks(layer_sections)
+    provided: dict[str, str] = {}  # value name -> the subnetwork section writing it
+    for owner, subnetwork in subnetworks.items():
+        provided.update(dict.fromkeys(subnetwork.provides(layer_sections), owner))
     names = set(layer_sections) | set(provided)
     parents = {name: _read_inputs(section, names) for name, section in layer_sections.items()}
-    order = _order(layer_sections, onnx_import.ordering(parents, provided))
+    # For the build order, a provided value stands for the section that writes it.
+    ranked = {name: tuple(provided.get(parent, parent) for parent in inputs) for name, inputs in parents.items()}
+    order = _order(layer_sections, ranked)
     builder = GraphBuilder(tuple(input_shape))
     cells: dict[str, Cell] = {}
     for name in order:
-        if name in imports:
-            cells.update(onnx_import.import_graph(doc, imports[name], builder, parents[name]))
+        if name in subnetworks:
+            cells.update(subnetworks[name].write(doc, builder, parents[name]))
             continue
-        inputs = onnx_import.data_inputs(layer_sections[name], parents[name], imports)
+        inputs = _data_inputs(layer_sections[name], parents[name], subnetworks)
         cells[name] = _build_cell(doc, layer_sections[name], inputs, builder)
-    onnx_import.check_overrides(doc, list(imports.values()), layer_sections)
+    for type_name, written in by_type.items():  # checks that need the whole network
+        after_build = CELL_TYPES[type_name].after_build
+        if after_build is not None:
+            after_build(doc, written, layer_sections)
     targets = _targets(doc, list(cells), cells)
     outputs = [builder.values[target.cell].node for target in targets]
     builder.graph.output(outputs[0] if len(outputs) == 1 else tuple(outputs))

@@ -1,4 +1,4 @@
-"""``ActivationFunction`` in the override section of an imported node that no Relu follows (onnx_import.py).
+"""``ActivationFunction`` in the override section of an imported node that no Relu follows (onnx_import/activations.py).
 
 The graph is the residual pattern of a ResNet block: x -> Conv 'c' -> BatchNormalization 'b' -> Add 'a'
 (b + x) -> Relu 'r'. 'b' is followed by the Add, not by a Relu: its section may give it an activation,
