@@ -5,8 +5,9 @@ Typical use (the pipeline does this)::
     from qatrun import quant
 
     plans = {module_name(s): plan for s in layers if (plan := quant.plan_for(s, doc.params(s)))}
-    gm = quant.prepare(gm, plans)          # Conv/Linear/activations swapped for quantized modules
-    quant.describe(gm.conv1)               # "SAT w8"
+    kernels = quant.select_kernels("auto")           # once per run; kernels.describe() for the record
+    gm = quant.prepare(gm, plans, kernels=kernels)   # Conv/Linear/activations swapped for quantized modules
+    quant.describe(gm.conv1)                         # "SAT w8"
 
 Methods (``QWeight=``/``QAct=``): SAT (:mod:`.sat`), LSQ (:mod:`.lsq`), MinMax (:mod:`.minmax`).
 """
@@ -14,6 +15,7 @@ Methods (``QWeight=``/``QAct=``): SAT (:mod:`.sat`), LSQ (:mod:`.lsq`), MinMax (
 from __future__ import annotations
 
 from qatrun.quant.config import QuantPlan, SolverPlan, plan_for
+from qatrun.quant.kernels import Kernels, select_kernels
 from qatrun.quant.lsq import LSQActivationQuantizer, LSQActSpec, LSQWeightQuantizer, LSQWeightSpec
 from qatrun.quant.minmax import MinMaxActivationQuantizer, MinMaxActSpec, MinMaxWeightQuantizer, MinMaxWeightSpec
 from qatrun.quant.modules import (
@@ -29,6 +31,7 @@ from qatrun.quant.sat import SATActivationQuantizer, SATActSpec, SATWeightQuanti
 from qatrun.quant.spec import QuantSpec, bits
 
 __all__ = [
+    "Kernels",
     "LSQActSpec",
     "LSQActivationQuantizer",
     "LSQWeightQuantizer",
@@ -59,5 +62,6 @@ __all__ = [
     "method",
     "plan_for",
     "prepare",
+    "select_kernels",
     "unprepare",
 ]

@@ -1,4 +1,4 @@
-"""Fused kernels for the quantizers' training step: native C++ on the CPU, ``torch.compile`` elsewhere.
+"""The quantizers' training-step kernels: which implementation of each formula runs, chosen once per run.
 
 Why. A QAT step calls every quantizer once forward and once backward per layer. Written as PyTorch
 operations, SAT's activation forward and backward (LSQ's alike) are a dozen passes over memory (clip,
@@ -11,40 +11,61 @@ quantizers: 1.7 ms of a 9 ms step). One call per quantizer and direction is the 
 must be cheap: a ``torch.compile`` call costs 20 us standalone and 50-150 us inside the step (guards and
 Python wrappers, all cold), which left LeNet's QAT step at 1.28 float steps.
 
-On the CPU. ``native.cpp``, built once per machine with ``torch.utils.cpp_extension`` (about 30 s, cached
-under ``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``): one OpenMP loop per direction, the
-SAT weight forward two passes around its max. The C++ computes the eager quantizers' arithmetic operation
-for operation in the tensor's dtype (tanh and cosh from ATen itself, the SAT scale from sequential sums as
-N2D2), so every value equals the eager function's to the bit; only the alpha and step gradients, one sum
-over the tensor, are added in another order (in double). ``tests/quant/test_quant_kernels.py`` checks both.
+One definition. Each formula is defined once, by a plain tensor function of :mod:`qatrun.quant.sat` or
+:mod:`qatrun.quant.lsq` (``sat_act_forward``, ``sat_act_backward``, ``lsq_forward``, ``lsq_backward``,
+``sat_weight_forward``, ``sat_weight_backward``). The quantizers' autograd functions call
+:meth:`Kernels.run` with that function, and the run's :class:`Kernels` value decides what computes it:
 
-On other devices (CUDA). The same formulas as plain tensor functions compiled by ``torch.compile``
-(Inductor; Triton on CUDA), with the divisions replaced by multiplications with reciprocals: there the level
-may differ from the eager one where the value before rounding lies within a float rounding of a tie.
+* ``eager``: the function itself;
+* ``native`` (CPU tensors): the function of the same name in ``native.cpp``, one OpenMP loop per direction
+  (the SAT weight forward: two passes around its max). The C++ restates the Python arithmetic operation for
+  operation in the tensor's dtype (tanh and cosh from ATen itself, the SAT scale from sequential sums as
+  N2D2), so every value equals the definition's to the bit; only the alpha and step gradients, one sum over
+  the tensor, are added in another order (in double). ``tests/quant/test_quant_kernels.py`` checks both;
+* ``compiled`` (other devices, CUDA): the function itself compiled by ``torch.compile`` (Inductor; Triton on
+  CUDA), with ``dynamic=True`` and a recompile limit of its own (:data:`RECOMPILE_LIMIT`). The generated
+  code may round an operation differently (a division as a product with the reciprocal, a fused
+  multiply-add), so a level may differ from the eager one where the value before rounding lies within a
+  float rounding of a tie; the tests bound that, compiling the definitions on the CPU.
 
 The backward recomputes the levels from ``x`` instead of saving them: two fewer activation-sized tensors
 per quantizer kept between forward and backward.
 
-When. Only the training step uses the fused kernels (input that requires a gradient): evaluation, test,
-fusion and export run the eager functions, which compute N2D2's own float order. ``QATRUN_KERNELS``:
+When. Only the training step uses the fused kernels (input that requires a gradient,
+:meth:`Kernels.for_step`): evaluation, test, fusion and export run the definitions as they are, N2D2's own
+float order. The mode (``QATRUN_KERNELS``, or the caller's ``mode``) is read once, by
+:func:`select_kernels`, and the value it returns goes to ``quant.prepare`` and from there to every
+quantizer module:
 
 * ``auto`` (default): fused where they build, eager otherwise. A failure (no C++ compiler, no Triton) is
-  reported once as a warning and the process goes on eager;
+  reported once as a warning and the run goes on eager;
 * ``compiled``: fused, a build failure is an error;
 * ``eager``: never built (the unit tests' setting, where a build costs more than it saves).
+
+Where the native kernels live. ``python -m qatrun.quant --build-kernels`` (run by ``scripts/bootstrap``
+once it has installed qatrun) builds them with ``torch.utils.cpp_extension`` (about 40 s) into
+:func:`native_directory`: ``<sys.prefix>/share/qatrun/native/<name>``, inside the virtual environment (or
+``~/.cache/qatrun/native/<name>`` where the prefix is not writable), ``<name>`` a hash of the source, the
+compiler flags, torch's version and the CPU. A run imports the library from there, without a compiler; an
+installation that was never built (plain ``pip install``) builds it at the first training step, as a
+message says.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import hashlib
-import math
+import importlib.machinery
+import importlib.util
 import os
 import platform
 import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -53,51 +74,168 @@ import torch
 from torch import Tensor
 
 from qatrun.errors import RunError
-from qatrun.quant.rounding import round_half_away
+from qatrun.options import KERNEL_MODES
 
-MODES = ("auto", "compiled", "eager")
 ENV = "QATRUN_KERNELS"
+BACKENDS = ("native", "compiled", "eager")
+# One specialisation per dtype and per constant argument (Range, QuantMode...): a network has a few, a
+# process that trains several networks (the tests) more than dynamo's default of 8. Given to each
+# torch.compile call, not set in dynamo's global configuration.
 RECOMPILE_LIMIT = 256
+LABELS = {"native": "native (CPU C++)", "compiled": "compiled (torch.compile)", "eager": "eager"}
 
 
 # --------------------------------------------------------------------------------------------------
-# The math, as plain tensor functions (what gets compiled)
+# The value a run carries
 
 
-def sat_act_forward(x: Tensor, alpha: Tensor, steps: int) -> Tensor:
-    """SAT activation ``y = round(R (clip(x, 0, a) (1/a))) (a/R)``, ``a = |alpha|`` (the backward's levels,
-    operation for operation)."""
-    a = alpha.abs()
-    level = round_half_away((torch.minimum(x.clamp(min=0), a) * (1 / a)) * steps)
-    return level * (a / steps)
+@dataclass
+class _Cache:
+    """What a :class:`Kernels` value loads and learns while it runs."""
+
+    native: ModuleType | None = None
+    compiled: dict[Callable[..., Any], Callable[..., Any]] = field(default_factory=dict)
+    failure: str | None = None  # auto mode: why the run went back to the eager functions
 
 
-def sat_act_backward(x: Tensor, alpha: Tensor, grad: Tensor, steps: int) -> tuple[Tensor, Tensor]:
-    """SAT activation gradients ``(dx, dalpha)`` from the input ``x`` and the output gradient."""
-    a = alpha.abs()
-    q = torch.minimum(x.clamp(min=0), a) * (1 / a)
-    level = round_half_away(q * steps)
-    grad_x = torch.where(torch.logical_and(x > 0, x <= a), grad, 0.0)
-    local = torch.where(x >= a, 1.0, level * (1.0 / steps) - q)
-    return grad_x, (grad * local).sum()
+@dataclass(frozen=True)
+class Kernels:
+    """The training-step kernels of one run, held by every quantizer module (see the module's notes).
+
+    Made by :func:`select_kernels`. Its fields never change; what it loads (the native library), compiles
+    and, in ``auto`` mode, a failure that sent it back to the eager functions are kept in a cache of its
+    own, which copies of a network (``copy.deepcopy``) share with it.
+
+    Attributes:
+        mode: ``auto``, ``compiled`` or ``eager``, as asked for.
+        backend: ``native`` (native.cpp for CPU tensors, the compiled definitions for others),
+            ``compiled`` (the compiled definitions for every tensor) or ``eager``.
+        origin: where the mode came from (``QATRUN_KERNELS``, ``kernels``), for messages.
+    """
+
+    mode: str = "eager"
+    backend: str = "eager"
+    origin: str = "kernels"
+    _cache: _Cache = field(default_factory=_Cache, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        assert self.mode in KERNEL_MODES and self.backend in BACKENDS, (self.mode, self.backend)
+        assert (self.mode == "eager") == (self.backend == "eager"), (self.mode, self.backend)
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Kernels:
+        return self  # a value: a copied network runs the same kernels
+
+    def describe(self) -> str:
+        """What runs, for the run's record: ``native (CPU C++)``, ``compiled (torch.compile)``, ``eager`` or,
+        after a failure in ``auto`` mode, ``eager (native kernels failed: ...)``."""
+        if self._cache.failure is not None:
+            return f"eager ({self._cache.failure})"
+        return LABELS[self.backend]
+
+    def for_step(self, *tensors: Tensor) -> Kernels:
+        """These kernels where autograd records a training step through one of ``tensors``, else the eager
+        ones (evaluation, test, fusion and export compute the definitions' own float order)."""
+        if self.backend != "eager" and torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            return self
+        return EAGER
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)`` computed by these kernels.
+
+        Args:
+            fn: the definition of a formula (a tensor function of ``sat.py`` or ``lsq.py``); its native
+                counterpart has the same name.
+            args: its arguments; the first is the tensor whose device decides native or compiled.
+
+        Raises:
+            RunError: in ``compiled`` mode, the fused kernels failed to build or to run.
+        """
+        if self.backend == "eager" or self._cache.failure is not None:
+            return fn(*args)
+        native = self.backend == "native" and args[0].device.type == "cpu"
+        try:
+            fused = getattr(self._native(), fn.__name__) if native else self._compiled(fn)
+            return fused(*args)
+        except Exception as error:  # noqa: BLE001 - any build failure (no C++ compiler, no Triton)
+            self._fall_back("native kernels" if native else "torch.compile", error)
+            return fn(*args)
+
+    def _load_built(self) -> None:
+        """Imports the native library now where it is built (the run then knows what it runs); a missing
+        build is left to the first training step."""
+        if self.backend != "native":
+            return
+        try:
+            self._cache.native = load_native(build=False)
+        except Exception as error:  # noqa: BLE001 - a library that does not load (another torch ABI)
+            self._fall_back("native kernels", error)
+
+    def _native(self) -> ModuleType:
+        if self._cache.native is None:
+            self._cache.native = load_native()
+        assert self._cache.native is not None
+        return self._cache.native
+
+    def _compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        compiled = self._cache.compiled.get(fn)
+        if compiled is None:
+            compiled = torch.compile(fn, dynamic=True, fullgraph=True, recompile_limit=RECOMPILE_LIMIT)
+            self._cache.compiled[fn] = compiled
+        return compiled
+
+    def _fall_back(self, what: str, error: Exception) -> None:
+        """``compiled`` mode: the error as a RunError; ``auto``: one warning, and eager from now on."""
+        reason = f"{what} failed: {type(error).__name__}: {_first_line(error)}"
+        if self.mode == "compiled":
+            raise RunError(f"{self.origin}=compiled: the fused quantizer kernels failed: {type(error).__name__}: "
+                           f"{error}") from error
+        self._cache.failure = reason
+        warnings.warn(
+            f"qatrun: fused quantizer kernels unavailable ({reason}); running the eager kernels (set {ENV}=eager "
+            f"to skip the attempt; python -m qatrun.quant --build-kernels shows the build)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
-def lsq_forward(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
-    """LSQ ``y = s round(clamp(x (1/s), Qn, Qp))``."""
-    return step * round_half_away((x * (1 / step)).clamp(qn, qp))
+EAGER = Kernels()
+"""The eager kernels: the definitions as they are (what a quantizer built without kernels runs)."""
 
 
-def lsq_backward(x: Tensor, step: Tensor, grad: Tensor, qn: int, qp: int) -> tuple[Tensor, Tensor]:
-    """LSQ gradients ``(dx, sum g dy/ds)`` (the step gradient before LSQ's gradient scale)."""
-    v = x * (1 / step)
-    level = round_half_away(v.clamp(qn, qp))
-    grad_x = torch.where(torch.logical_and(v > qn, v < qp), grad, 0.0)
-    local = torch.where(v <= qn, float(qn), torch.where(v >= qp, float(qp), level - v))
-    return grad_x, (grad * local).sum()
+def select_kernels(mode: str | None = None, device: torch.device | str = "cpu") -> Kernels:
+    """The training-step kernels of one run, decided once.
+
+    Args:
+        mode: ``auto``, ``compiled`` or ``eager`` (:data:`qatrun.options.KERNEL_MODES`); None reads
+            ``QATRUN_KERNELS`` (unset or empty: ``auto``).
+        device: the device the run trains on: on the CPU the fused kernels are native.cpp's (imported now
+            where they are built), elsewhere the definitions compiled by ``torch.compile``.
+
+    Returns:
+        The value to give ``quant.prepare`` (``kernels=``); ``describe()`` names it for the run's record.
+
+    Raises:
+        RunError: an unknown mode, naming where it came from and the valid ones.
+    """
+    origin = ENV if mode is None else "kernels"
+    if mode is None:
+        mode = os.environ.get(ENV, "").strip() or "auto"
+    if mode not in KERNEL_MODES:
+        raise RunError(f"{origin}={mode}: expected one of {', '.join(KERNEL_MODES)}")
+    if mode == "eager":
+        return Kernels("eager", "eager", origin)
+    kernels = Kernels(mode, "native" if torch.device(device).type == "cpu" else "compiled", origin)
+    kernels._load_built()
+    return kernels
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[0].strip() if lines else ""
 
 
 # --------------------------------------------------------------------------------------------------
-# Choosing and compiling
+# The native library: its name, its folder, building and importing it
 
 
 NATIVE_SOURCE = Path(__file__).with_name("native.cpp")
@@ -134,119 +272,123 @@ def native_build_name() -> str:
     return "qatrun_native_" + hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
-def build_native() -> ModuleType:
-    """Builds (or loads the cached build of) ``native.cpp``; raises what the build raised."""
+def _writable(path: Path) -> bool:
+    """Whether ``path`` can be created: its nearest existing ancestor is writable."""
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return os.access(folder, os.W_OK)
+    return False
+
+
+def native_directory() -> Path:
+    """This installation's folder of the native build: ``<sys.prefix>/share/qatrun/native/<name>`` (the
+    virtual environment's), or ``~/.cache/qatrun/native/<name>`` where the prefix is not writable."""
+    name = native_build_name()
+    installed = Path(sys.prefix) / "share" / "qatrun" / "native" / name
+    if installed.is_dir() or _writable(installed):
+        return installed
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "qatrun" / "native" / name
+
+
+def _library(directory: Path) -> Path:
+    return directory / f"{native_build_name()}.so"  # the file name cpp_extension gives the build on Linux
+
+
+def import_native(library: Path) -> ModuleType:
+    """Imports a built library (a Python extension module named after its file)."""
+    name = library.stem
+    loader = importlib.machinery.ExtensionFileLoader(name, str(library))
+    spec = importlib.util.spec_from_file_location(name, library, loader=loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """The build runs ``ninja`` from the PATH: when the PATH has none, the one pip installed beside this
+    Python is put first for the duration of the build, and the PATH restored after it."""
+    here = str(Path(sys.executable).parent)
+    saved = os.environ.get("PATH")
+    if shutil.which("ninja") is None and shutil.which("ninja", path=here):
+        os.environ["PATH"] = here + os.pathsep + (saved or "")
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = saved
+
+
+def build_native(directory: Path) -> ModuleType:
+    """Builds ``native.cpp`` into ``directory`` (ninja does nothing where it is up to date) and imports it;
+    raises what the build raised."""
     from torch.utils import cpp_extension
 
-    name = native_build_name()
-    # The build runs ninja: the one pip installed beside this Python when none is on the PATH.
-    here = str(Path(sys.executable).parent)
-    if shutil.which("ninja") is None and shutil.which("ninja", path=here):
-        os.environ["PATH"] = here + os.pathsep + os.environ.get("PATH", "")
-    folder = Path(cpp_extension._get_build_directory(name, verbose=False))
+    directory.mkdir(parents=True, exist_ok=True)
     # A build interrupted (Ctrl-C, a killed job) leaves torch's lock file behind, and the next build would
     # wait for it forever: a lock older than any build is stale.
-    lock = folder / "lock"
+    lock = directory / "lock"
     if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_SECONDS:
         lock.unlink(missing_ok=True)
-    if not any(folder.glob(f"{name}*.so")):
-        print("qatrun: building the native quantizer kernels (once per machine, about 30 s)", file=sys.stderr,
-              flush=True)
-    return cpp_extension.load(name=name, sources=[str(NATIVE_SOURCE)], extra_cflags=native_cflags(),
-                              extra_ldflags=["-fopenmp"], verbose=False)
+    with _ninja_on_path():
+        return cpp_extension.load(name=native_build_name(), sources=[str(NATIVE_SOURCE)],
+                                  extra_cflags=native_cflags(), extra_ldflags=["-fopenmp"],
+                                  build_directory=str(directory), verbose=False)
 
 
-class _Kernels:
-    """The fused versions of the kernels, built on first use; eager after a failure in ``auto`` mode."""
+def load_native(directory: Path | None = None, *, build: bool = True) -> ModuleType | None:
+    """The native kernels, imported from ``directory`` (default :func:`native_directory`) where built there.
 
-    def __init__(self) -> None:
-        self._native: ModuleType | None = None
-        self.native_on_cpu = True  # False: torch.compile on the CPU too (the tests of the CUDA formulas)
-        self._compiled: dict[str, Callable[..., Any]] = {}
-        self._failed = False
+    Args:
+        directory: the build folder.
+        build: build a missing library first (with a message: about 40 s); False returns None instead.
 
-    def mode(self) -> str:
-        value = os.environ.get(ENV, "auto").strip() or "auto"
-        if value not in MODES:
-            raise RunError(f"{ENV}={value}: expected one of {', '.join(MODES)}")
-        return value
-
-    def _fused(self, fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
-        if device.type == "cpu" and self.native_on_cpu:
-            if self._native is None:
-                self._native = build_native()
-            return getattr(self._native, fn.__name__)
-        compiled = self._compiled.get(fn.__name__)
-        if compiled is None:
-            # One specialisation per dtype and per constant argument (Range, QuantMode...): a network has a
-            # few, a process that trains several networks (the tests) more than dynamo's default of 8.
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
-            compiled = self._compiled[fn.__name__] = torch.compile(fn, dynamic=True, fullgraph=True)
-        return compiled
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """``fn(*args)`` on the fused kernel of ``fn`` (by name) unless the mode is ``eager`` or the build
-        failed in ``auto``. The first argument is the tensor whose device decides."""
-        mode = self.mode()
-        if mode == "eager" or (self._failed and mode == "auto"):
-            return fn(*args)
-        try:
-            return self._fused(fn, args[0].device)(*args)
-        except Exception as error:  # noqa: BLE001 - any build failure (no C++ compiler, no Triton)
-            if mode == "compiled":
-                raise RunError(f"{ENV}=compiled: the fused quantizer kernels failed: {type(error).__name__}: "
-                               f"{error}") from error
-            self._failed = True
-            warnings.warn(
-                f"qatrun: fused quantizer kernels unavailable ({type(error).__name__}: {error}); running the "
-                f"eager kernels (set {ENV}=eager to skip the attempt)",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            return fn(*args)
-
-
-KERNELS = _Kernels()
-
-
-def fused_enabled() -> bool:
-    """True unless ``QATRUN_KERNELS=eager`` (the training step then tries the compiled kernels)."""
-    return KERNELS.mode() != "eager"
-
-
-class FusedSATActivation(torch.autograd.Function):
-    """``apply(x, alpha, steps) -> y``: :class:`qatrun.quant.sat.SATActivationFunction` on fused kernels.
-
-    Saves only ``x`` and ``alpha`` for the backward, which recomputes the levels. The scalars (``|alpha|``,
-    its reciprocal) are computed inside the compiled functions: each eager operation on a 0-dim tensor costs
-    about as much as a kernel on a small activation.
+    Raises:
+        Exception: whatever the build or the import raised.
     """
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, alpha: Tensor, steps: int) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, alpha)
-        ctx.steps = steps
-        return KERNELS.run(sat_act_forward, x, alpha, steps)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, alpha = ctx.saved_tensors
-        grad_x, grad_alpha = KERNELS.run(sat_act_backward, x, alpha, grad.contiguous(), ctx.steps)
-        return grad_x, grad_alpha, None
+    directory = native_directory() if directory is None else directory
+    library = _library(directory)
+    if library.is_file():
+        return import_native(library)
+    if not build:
+        return None
+    print(f"qatrun: building the native quantizer kernels into {directory} (once per installation, about 40 s)",
+          file=sys.stderr, flush=True)
+    return build_native(directory)
 
 
-class FusedLSQ(torch.autograd.Function):
-    """``apply(x, step, qn, qp) -> y``: :class:`qatrun.quant.lsq.LSQFunction` on fused kernels."""
+def main(argv: list[str] | None = None) -> int:
+    """``python -m qatrun.quant``: builds the native kernels into this installation, or names their folder.
 
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, step)
-        ctx.bounds = (qn, qp)
-        return KERNELS.run(lsq_forward, x, step, qn, qp)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, step = ctx.saved_tensors
-        qn, qp = ctx.bounds
-        grad_x, total = KERNELS.run(lsq_backward, x, step, grad.contiguous(), qn, qp)
-        return grad_x, (total * (1 / math.sqrt(x.numel() * qp))).reshape(step.shape), None, None
+    Returns:
+        0, or 1 where the build failed; one line on stderr either way (a run then falls back to eager).
+    """
+    parser = argparse.ArgumentParser(prog="python -m qatrun.quant",
+                                     description="qatrun's native quantizer kernels (qatrun/quant/native.cpp)")
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--build-kernels", action="store_true",
+                       help="build them into this installation (scripts/bootstrap runs this once)")
+    group.add_argument("--kernels-dir", action="store_true", help="print the folder of their build")
+    args = parser.parse_args(argv)
+    directory = native_directory()
+    if args.kernels_dir:
+        print(directory)
+        return 0
+    if _library(directory).is_file():
+        print(f"qatrun: the native quantizer kernels are built in {directory}", file=sys.stderr)
+        return 0
+    print(f"qatrun: building the native quantizer kernels into {directory} (about 40 s) ... ", end="",
+          file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        build_native(directory)
+    except Exception as error:  # noqa: BLE001 - reported in one line: training falls back to eager
+        print(f"failed ({type(error).__name__}: {_first_line(error)}); training on the CPU will run the eager "
+              f"quantizers ({ENV}=auto)", file=sys.stderr)
+        return 1
+    print(f"done ({time.perf_counter() - start:.0f} s)", file=sys.stderr)
+    return 0

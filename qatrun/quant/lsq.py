@@ -23,11 +23,18 @@ Where qatrun differs from N2D2:
   is the plain sum (autograd accumulates it).
 * Weights need Range >= 3: below, ``Qp = 0`` and the step gradient scale ``1/sqrt(N Qp)`` is infinite.
 * ``StepOptInitStepSize`` (the documentation's spelling) is accepted for ``SetOptInitStepSize``.
+
+One definition per direction: :func:`lsq_forward` and :func:`lsq_backward` are the formulas above (the
+backward without ``g_s``, which :class:`LSQFunction` applies). The autograd function hands them to the run's
+:class:`~qatrun.quant.kernels.Kernels`, which computes them as they are (eager), compiled by
+``torch.compile`` (GPU), or by their restatement in ``native.cpp`` (CPU training steps; the same values to
+the bit, tested).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -36,7 +43,7 @@ from torch import Tensor, nn
 
 from qatrun.errors import ConfigError, DataError
 from qatrun.ini import Key
-from qatrun.quant import kernels
+from qatrun.quant.kernels import EAGER, Kernels
 from qatrun.quant.rounding import round_half_away
 from qatrun.quant.spec import RANGE, QuantSpec, bits
 
@@ -113,57 +120,67 @@ def lsq_init_step(x: Tensor, qp: int) -> Tensor:
     return 2 * x.detach().abs().mean() / math.sqrt(qp)
 
 
-def lsq_forward(x: Tensor, step: Tensor, qn: int, qp: int) -> tuple[Tensor, Tensor, Tensor]:
-    """LSQ forward. Returns ``(y, v, level)`` with ``v = x / s`` and ``level = round(clamp(v, Qn, Qp))``."""
+def lsq_levels(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
+    """The integer levels ``round(clamp(x / s, Qn, Qp))`` (half away from zero), as floats."""
+    return round_half_away((x / step).clamp(qn, qp))
+
+
+def lsq_forward(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
+    """LSQ forward ``y = s round(clamp(x / s, Qn, Qp))``: the definition (and native.cpp's)."""
+    return step * lsq_levels(x, step, qn, qp)
+
+
+def lsq_backward(x: Tensor, step: Tensor, grad: Tensor, qn: int, qp: int) -> tuple[Tensor, Tensor]:
+    """LSQ gradients ``(dx, sum g dy/ds)``, the step gradient before its scale ``g_s``: the definition
+    (native.cpp's sums the step gradient in another order)."""
     v = x / step
     level = round_half_away(v.clamp(qn, qp))
-    return step * level, v, level
+    grad_x = torch.where((v > qn) & (v < qp), grad, 0.0)
+    # round(v) - v inside; at or beyond the ends the level is Qn or Qp.
+    local = torch.where(v <= qn, float(qn), torch.where(v >= qp, float(qp), level - v))
+    return grad_x, (grad * local).sum()
 
 
 class LSQFunction(torch.autograd.Function):
-    """``apply(x, step, qn, qp) -> y``: LSQ fake quantization with the scaled step gradient."""
+    """``apply(x, step, qn, qp, kernels=EAGER) -> y``: LSQ fake quantization with the scaled step gradient;
+    ``kernels`` computes :func:`lsq_forward` and :func:`lsq_backward`."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:  # type: ignore[override]
-        y, v, level = lsq_forward(x, step, qn, qp)
-        ctx.save_for_backward(v, level)
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, step: Tensor, qn: int, qp: int, kernels: Kernels = EAGER
+    ) -> Tensor:
+        ctx.save_for_backward(x, step)
         ctx.bounds = (qn, qp)
-        ctx.step_shape = step.shape
-        return y
+        ctx.kernels = kernels
+        return kernels.run(lsq_forward, x, step, qn, qp)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        v, level = ctx.saved_tensors
+        x, step = ctx.saved_tensors
         qn, qp = ctx.bounds
-        inside = (v > qn) & (v < qp)
-        grad_x = grad * inside.to(grad.dtype)
-        # round(v) - v inside; at or beyond the ends the level is Qn or Qp.
-        local = torch.where(v <= qn, torch.full_like(v, qn), torch.where(v >= qp, torch.full_like(v, qp), level - v))
-        grad_scale = 1 / math.sqrt(v.numel() * qp)
-        grad_step = ((grad * local).sum() * grad_scale).reshape(ctx.step_shape)
-        return grad_x, grad_step, None, None
+        grad_x, total = ctx.kernels.run(lsq_backward, x, step, grad.contiguous(), qn, qp)
+        grad_scale = 1 / math.sqrt(x.numel() * qp)
+        return grad_x, (total * grad_scale).reshape(step.shape), None, None, None
 
 
-def lsq_quantize(x: Tensor, step: Tensor, qn: int, qp: int) -> Tensor:
+def lsq_quantize(x: Tensor, step: Tensor, qn: int, qp: int, kernels: Kernels = EAGER) -> Tensor:
     """LSQ fake-quantized ``x``, differentiable in x and in the step as N2D2.
 
-    A training step (gradient required) runs the fused kernels of :mod:`qatrun.quant.kernels` unless
-    ``QATRUN_KERNELS=eager``.
+    A training step (gradient required) runs on ``kernels``; everything else on the eager definition.
     """
-    if torch.is_grad_enabled() and (x.requires_grad or step.requires_grad) and kernels.fused_enabled():
-        return kernels.FusedLSQ.apply(x, step, qn, qp)
-    return LSQFunction.apply(x, step, qn, qp)
+    return LSQFunction.apply(x, step, qn, qp, kernels.for_step(x, step))
 
 
 class _LSQQuantizer(nn.Module):
     """A learned step ``step`` (0-dim parameter) and whether it holds a value yet (``initialized``)."""
 
     FILE_SUFFIX: ClassVar[str] = ""
-    PARAMETER_MIN: ClassVar[dict[str, float]] = {"step": MIN_STEP}  # lower bounds the solver keeps
+    PARAMETER_MIN: ClassVar[Mapping[str, float]] = {"step": MIN_STEP}  # lower bounds the solver keeps
 
-    def __init__(self, spec: LSQSpec) -> None:
+    def __init__(self, spec: LSQSpec, kernels: Kernels) -> None:
         super().__init__()
         self.spec = spec
+        self.kernels = kernels
         self.step = nn.Parameter(torch.tensor(float(spec.step_size)))
         # Persistent, so a reloaded checkpoint keeps its learned step instead of re-initialising it.
         self.register_buffer("initialized", torch.tensor(not spec.opt_init))
@@ -174,7 +191,7 @@ class _LSQQuantizer(nn.Module):
             with torch.no_grad():
                 self.step.copy_(lsq_init_step(x, qp))
                 self.initialized.fill_(True)
-        return lsq_quantize(x, self.step.to(x.dtype), qn, qp)
+        return lsq_quantize(x, self.step.to(x.dtype), qn, qp, self.kernels)
 
     def describe(self) -> str:
         """``LSQ w4`` / ``LSQ a8``."""
@@ -210,20 +227,22 @@ class LSQWeightQuantizer(_LSQQuantizer):
         spec: the ``QWeight`` settings.
         n_out: unused (the layer interface of weight quantizers).
         channel_axis: unused (LSQ is per tensor).
+        kernels: the training step's kernels (:func:`qatrun.quant.select_kernels`).
     """
 
     FILE_SUFFIX: ClassVar[str] = "_alphaW_LSQ"
     integer: ClassVar[bool] = False
 
-    def __init__(self, spec: LSQWeightSpec, *, n_out: int = 0, channel_axis: int = 0) -> None:
-        super().__init__(spec)
+    def __init__(
+        self, spec: LSQWeightSpec, *, n_out: int = 0, channel_axis: int = 0, kernels: Kernels = EAGER
+    ) -> None:
+        super().__init__(spec, kernels)
 
     def integer_forward(self, w: Tensor) -> tuple[Tensor, Tensor]:
         """Integer levels in ``[Qn, Qp]`` and the rescale ``s`` (no gradient): ``Wq = levels * s``."""
         self(w)  # initialises the step on first use, as a forward would
         step = self.step.detach().to(w.dtype)
-        _, _, level = lsq_forward(w.detach(), step, *self.spec.bounds)
-        return level, step
+        return lsq_levels(w.detach(), step, *self.spec.bounds), step
 
 
 class LSQActivationQuantizer(_LSQQuantizer):
@@ -231,6 +250,10 @@ class LSQActivationQuantizer(_LSQQuantizer):
 
     Args:
         spec: the ``QAct`` settings.
+        kernels: the training step's kernels (:func:`qatrun.quant.select_kernels`).
     """
 
     FILE_SUFFIX: ClassVar[str] = "_QAct_LSQ_StepSize"
+
+    def __init__(self, spec: LSQActSpec, *, kernels: Kernels = EAGER) -> None:
+        super().__init__(spec, kernels)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from qatrun.errors import ConfigError, DataError
 from qatrun.ini import Key
+from qatrun.quant.kernels import EAGER, Kernels
 from qatrun.quant.rounding import round_half_even
 from qatrun.quant.spec import RANGE, QuantSpec, bits
 
@@ -189,11 +190,15 @@ def channel_range(x: Tensor, axis: int | None) -> tuple[Tensor, Tensor]:
 
 
 class _MinMaxQuantizer(nn.Module):
-    """Counts training steps in the ``step`` buffer for ``Delay``."""
+    """Counts training steps in the ``step`` buffer for ``Delay``.
 
-    def __init__(self, spec: MinMaxSpec) -> None:
+    ``kernels`` is held for the quantizer interface only: MinMax's few operations have no fused kernels.
+    """
+
+    def __init__(self, spec: MinMaxSpec, kernels: Kernels) -> None:
         super().__init__()
         self.spec = spec
+        self.kernels = kernels
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
 
     def _active_then_count(self) -> bool:
@@ -222,12 +227,15 @@ class MinMaxWeightQuantizer(_MinMaxQuantizer):
         spec: the ``QWeight`` settings.
         n_out: unused (the layer interface of weight quantizers).
         channel_axis: the weight axis of the output channels (for ``PerChannel=1``).
+        kernels: unused (no fused kernels).
     """
 
     integer: ClassVar[bool] = False
 
-    def __init__(self, spec: MinMaxWeightSpec, *, n_out: int = 0, channel_axis: int = 0) -> None:
-        super().__init__(spec)
+    def __init__(
+        self, spec: MinMaxWeightSpec, *, n_out: int = 0, channel_axis: int = 0, kernels: Kernels = EAGER
+    ) -> None:
+        super().__init__(spec, kernels)
         self.channel_axis = channel_axis if spec.per_channel else None
 
     def forward(self, w: Tensor) -> Tensor:
@@ -249,10 +257,11 @@ class MinMaxActivationQuantizer(_MinMaxQuantizer):
 
     Args:
         spec: the ``QAct`` settings.
+        kernels: unused (no fused kernels).
     """
 
-    def __init__(self, spec: MinMaxActSpec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec: MinMaxActSpec, *, kernels: Kernels = EAGER) -> None:
+        super().__init__(spec, kernels)
         self.register_buffer("running_min", torch.zeros(()))
         self.register_buffer("running_max", torch.zeros(()))
         self.register_buffer("observed", torch.tensor(False))

@@ -1,12 +1,14 @@
 // qatrun's CPU training kernels for the quantizers: SAT activations, LSQ, SAT weights.
 //
-// Each function is one pass over its tensor (the SAT weight forward: two, around the max) and computes the
-// eager quantizer's arithmetic operation for operation, in the tensor's dtype: the same divisions, the same
-// products by float constants, the same rounding rules (half away from zero for activations and LSQ, half
-// to even for SAT weights), tanh and cosh from ATen itself. So the values equal the eager functions' of
-// qatrun/quant/sat.py and lsq.py to the bit; only the sums (the alpha or step gradient, accumulated in
-// double per thread here) run in another order. Built with -ffp-contract=off: no fused multiply-add may
-// change a rounding.
+// The formulas are defined in Python, by the functions of the same names in qatrun/quant/sat.py and lsq.py
+// (qatrun.quant.kernels runs this file's function in place of the definition). Each function here is one
+// pass over its tensor (the SAT weight forward: two, around the max) and restates the definition's
+// arithmetic operation for operation, in the tensor's dtype: the same divisions, the same products by float
+// constants, the same rounding rules (half away from zero for activations and LSQ, half to even for SAT
+// weights), tanh and cosh from ATen itself. So the values equal the definitions' to the bit; only the sums
+// (the alpha or step gradient, accumulated in double per thread here) run in another order. Built with
+// -ffp-contract=off: no fused multiply-add may change a rounding. tests/quant/test_quant_kernels.py holds
+// the two to the same bits.
 //
 // The element-wise loops use ATen's Vectorized<T> (AVX2 or AVX-512, as torch's own kernels: the build
 // defines the CPU_CAPABILITY torch reports) and finish the tail with scalars doing the same operations.
@@ -212,7 +214,7 @@ std::tuple<torch::Tensor, torch::Tensor> lsq_backward(torch::Tensor x, torch::Te
 }
 
 // ------------------------------------------------------------------------------------------------------
-// SAT weights (per tensor), N2D2's kernels as qatrun/quant/sat.py computes them:
+// SAT weights (per tensor), N2D2's kernels as qatrun/quant/sat.py defines them:
 //   t = tanh(W) / M, M = max|tanh W| (1 if 0); the levels of the QuantMode (rint: half to even);
 //   S = sqrt(n_out Var(Wq)) from sequential sums in the dtype (n_out = 0: S = 1);
 //   out = Wq / S, or the integer numerators n; factor = 1 / (M S), or D / M for integer levels.
@@ -234,9 +236,9 @@ T sat_scale(const T* wq, int64_t count, int64_t n_out) {
   return s > 0 ? s : T(1);
 }
 
-std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> sat_weight_train_forward(
+std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> sat_weight_forward(
     torch::Tensor w, int64_t steps, const std::string& mode_name, bool quantize, int64_t n_out, bool integer) {
-  check_cpu(w, "sat_weight_train_forward");
+  check_cpu(w, "sat_weight_forward");
   const Mode mode = mode_name == "Symmetric"    ? kSymmetric
                     : mode_name == "Asymmetric" ? kAsymmetric
                     : mode_name == "FullRange"  ? kFullRange
@@ -316,8 +318,8 @@ std::tuple<torch::Tensor, torch::Tensor, torch::Tensor> sat_weight_train_forward
 }
 
 // dW = g (1/cosh W)^2 factor c (c = 1 skipped).
-torch::Tensor sat_weight_train_backward(torch::Tensor w, torch::Tensor grad, torch::Tensor factor, double c) {
-  check_cpu(w, "sat_weight_train_backward");
+torch::Tensor sat_weight_backward(torch::Tensor w, torch::Tensor grad, torch::Tensor factor, double c) {
+  check_cpu(w, "sat_weight_backward");
   auto result = at::cosh(w.contiguous());  // ATen's cosh: the eager quantizer's values
   grad = grad.contiguous();
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "sat_weight_backward", [&] {
@@ -353,6 +355,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("sat_act_backward", &sat_act_backward);
   module.def("lsq_forward", &lsq_forward);
   module.def("lsq_backward", &lsq_backward);
-  module.def("sat_weight_train_forward", &sat_weight_train_forward);
-  module.def("sat_weight_train_backward", &sat_weight_train_backward);
+  module.def("sat_weight_forward", &sat_weight_forward);
+  module.def("sat_weight_backward", &sat_weight_backward);
 }

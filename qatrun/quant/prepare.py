@@ -16,6 +16,7 @@ from torch import nn
 
 from qatrun.errors import ConfigError
 from qatrun.quant.config import QuantPlan
+from qatrun.quant.kernels import Kernels, select_kernels
 from qatrun.quant.modules import QUANTIZED_LAYERS, QuantizedActivation, QuantizedWeightLayer, weight_layout
 from qatrun.quant.registry import build_act_quantizer, build_weight_quantizer
 
@@ -40,7 +41,7 @@ def _find(root: nn.Module, name: str, plan: QuantPlan, what: str) -> nn.Module:
         raise ConfigError(f"{what}: the network has no module {name!r}", plan.location, plan.section) from None
 
 
-def _quantize_weights(root: nn.Module, name: str, plan: QuantPlan) -> None:
+def _quantize_weights(root: nn.Module, name: str, plan: QuantPlan, kernels: Kernels) -> None:
     assert plan.weight is not None
     module = _find(root, name, plan, "QWeight")
     if isinstance(module, QuantizedWeightLayer):
@@ -57,19 +58,19 @@ def _quantize_weights(root: nn.Module, name: str, plan: QuantPlan) -> None:
     groups = getattr(module, "groups", 1)
     if channel_axis != 0 and groups != 1 and getattr(plan.weight, "per_channel", False):
         raise ConfigError("PerChannel=1 is not supported on grouped Deconv layers", plan.location, plan.section)
-    quantizer = build_weight_quantizer(plan.weight, n_out=n_out, channel_axis=channel_axis)
+    quantizer = build_weight_quantizer(plan.weight, n_out=n_out, channel_axis=channel_axis, kernels=kernels)
     quantizer.to(device=module.weight.device, dtype=module.weight.dtype)
     quantizer.train(module.training)
     _replace(root, name, quantized_type.from_float(module, quantizer))  # type: ignore[attr-defined]
 
 
-def _quantize_activation(root: nn.Module, name: str, plan: QuantPlan) -> None:
+def _quantize_activation(root: nn.Module, name: str, plan: QuantPlan, kernels: Kernels) -> None:
     assert plan.act is not None
     act_name = activation_module_name(name)
     act = _find(root, act_name, plan, "QAct")
     if isinstance(act, QuantizedActivation):
         raise ConfigError(f"module {act_name!r} is already quantized", plan.location, plan.section, "QAct")
-    quantizer = build_act_quantizer(plan.act)
+    quantizer = build_act_quantizer(plan.act, kernels=kernels)
     # The quantizer's parameter and buffers follow the network's (an activation has no parameter itself).
     reference = next((p for p in root.parameters() if p.is_floating_point()), None)
     if reference is not None:
@@ -78,12 +79,14 @@ def _quantize_activation(root: nn.Module, name: str, plan: QuantPlan) -> None:
     _replace(root, act_name, QuantizedActivation.from_float(act, quantizer))
 
 
-def prepare(gm: nn.Module, plans: Mapping[str, QuantPlan]) -> nn.Module:
+def prepare(gm: nn.Module, plans: Mapping[str, QuantPlan], kernels: Kernels | None = None) -> nn.Module:
     """Swaps layers and activations for quantized versions, in place.
 
     Args:
         gm: the float network (a ``torch.fx.GraphModule``), free of quantization.
         plans: module name -> plan (from :func:`qatrun.quant.plan_for`).
+        kernels: the training step's kernels of every quantizer; None: :func:`select_kernels`, that is
+            ``QATRUN_KERNELS`` read once, here (``auto`` when unset).
 
     Returns:
         ``gm`` itself, now computing with quantized weights and activations.
@@ -91,11 +94,12 @@ def prepare(gm: nn.Module, plans: Mapping[str, QuantPlan]) -> nn.Module:
     Raises:
         ConfigError: a named module is missing or has no weights to quantize.
     """
+    kernels = select_kernels() if kernels is None else kernels
     for name, plan in plans.items():
         if plan.weight is not None:
-            _quantize_weights(gm, name, plan)
+            _quantize_weights(gm, name, plan, kernels)
         if plan.act is not None:
-            _quantize_activation(gm, name, plan)
+            _quantize_activation(gm, name, plan, kernels)
     return gm
 
 

@@ -1,9 +1,9 @@
 """Quantization methods by name: ``QWeight=<name>`` and ``QAct=<name>`` look them up here.
 
 Each method registers a spec class and a quantizer module class per tensor role. A weight quantizer is
-built as ``cls(spec, n_out=..., channel_axis=...)``, an activation quantizer as ``cls(spec)``. Both
-expose ``forward``, ``describe()``, ``n2d2_files(cell_name)`` and ``load_n2d2_file(stem, tensor)``; weight
-quantizers also ``integer`` and ``integer_forward(w)``.
+built as ``cls(spec, n_out=..., channel_axis=..., kernels=...)``, an activation quantizer as
+``cls(spec, kernels=...)``. Both expose ``forward``, ``describe()``, ``n2d2_files(cell_name)`` and
+``load_n2d2_file(stem, tensor)``; weight quantizers also ``integer`` and ``integer_forward(w)``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from qatrun.errors import ConfigError
+from qatrun.quant.kernels import EAGER, Kernels
 from qatrun.quant.lsq import LSQActivationQuantizer, LSQActSpec, LSQWeightQuantizer, LSQWeightSpec
 from qatrun.quant.minmax import MinMaxActivationQuantizer, MinMaxActSpec, MinMaxWeightQuantizer, MinMaxWeightSpec
 from qatrun.quant.sat import SATActivationQuantizer, SATActSpec, SATWeightQuantizer, SATWeightSpec
@@ -64,13 +65,15 @@ def _method_of(spec: QuantSpec) -> Method:
     raise AssertionError(f"no method registered for {type(spec).__name__}")
 
 
-def build_weight_quantizer(spec: QuantSpec, *, n_out: int, channel_axis: int) -> nn.Module:
+def build_weight_quantizer(
+    spec: QuantSpec, *, n_out: int, channel_axis: int, kernels: Kernels = EAGER
+) -> nn.Module:
     """The weight quantizer module for ``spec``, for a layer with SAT fan ``n_out``."""
     assert spec.ROLE == "w", spec
-    return _method_of(spec).weight_quantizer(spec, n_out=n_out, channel_axis=channel_axis)
+    return _method_of(spec).weight_quantizer(spec, n_out=n_out, channel_axis=channel_axis, kernels=kernels)
 
 
-def build_act_quantizer(spec: QuantSpec) -> nn.Module:
+def build_act_quantizer(spec: QuantSpec, *, kernels: Kernels = EAGER) -> nn.Module:
     """The activation quantizer module for ``spec``."""
     assert spec.ROLE == "a", spec
-    return _method_of(spec).act_quantizer(spec)
+    return _method_of(spec).act_quantizer(spec, kernels=kernels)

@@ -38,6 +38,12 @@ Where qatrun differs from N2D2:
   zero (NaN/inf weights); qatrun uses 1 for M or S there, so the layer stays finite.
 * N2D2's FullRange backward applies ``c = 1 + 0.9998/R`` even in the clamp phase, whose forward is plain
   ``t``; qatrun keeps that (it is what N2D2 trains with).
+
+One definition per direction: :func:`sat_weight_forward`, :func:`sat_weight_backward`,
+:func:`sat_act_forward` and :func:`sat_act_backward` are the formulas above. The autograd functions hand
+them to the run's :class:`~qatrun.quant.kernels.Kernels`, which computes them as they are (eager), compiled
+by ``torch.compile`` (GPU), or by their restatement in ``native.cpp`` (CPU training steps; the same values
+to the bit, tested).
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from torch import Tensor, nn
 
 from qatrun.errors import ConfigError, DataError
 from qatrun.ini import Key
-from qatrun.quant import kernels
+from qatrun.quant.kernels import EAGER, Kernels
 from qatrun.quant.rounding import round_half_away, round_half_even
 from qatrun.quant.spec import RANGE, QuantSpec, bits
 
@@ -190,8 +196,8 @@ def sat_scale(wq: Tensor, n_out: int) -> Tensor:
     precision (``std::accumulate``) and a correctly rounded ``sqrt``. torch's reductions are pairwise (or
     accumulate float32 in float64) and its CPU ``sqrt`` may be one ulp off, either of which changes the
     float32 S visibly (fc1 of the golden network: 2.5716105 sequential, 2.5716221 pairwise), so on the CPU
-    the scalar is computed with numpy. On a GPU, where N2D2 itself uses a parallel reduction, torch's
-    float64 reductions are used instead of copying the weights to the host.
+    the scalar is computed with numpy. On a GPU, where N2D2 itself uses a parallel reduction, and inside a
+    compiled graph, torch's float64 reductions are used instead of copying the weights to the host.
 
     Returns:
         S as a 0-dim tensor of ``wq``'s dtype; 1 where the variance is 0 or undefined (one element).
@@ -200,7 +206,8 @@ def sat_scale(wq: Tensor, n_out: int) -> Tensor:
     if count < 2:
         return torch.ones((), dtype=wq.dtype, device=wq.device)
     flat = wq.detach().reshape(-1)
-    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+    # A compiled graph (the GPU's kernels; the tests compile it on the CPU too) cannot leave for numpy.
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling():
         values = flat.numpy()
         kind = values.dtype.type
         # np.cumsum adds strictly left to right in the array's dtype; numpy scalars keep that dtype.
@@ -223,135 +230,68 @@ def sat_gradient_factor(steps: int, mode: str) -> float:
     return 1.0
 
 
-def _keep_for_backward(
-    ctx: Any, w: Tensor, factor: Tensor, c: float, out: Tensor, s: Tensor
-) -> tuple[Tensor, Tensor]:
-    """What every SAT weight forward leaves its backward (``w``, the factor ``1/(M S)`` or ``D/M``, the
-    constant c; S carries no gradient); returns ``(out, S)``."""
-    ctx.save_for_backward(w, factor)
-    ctx.c = c
-    ctx.mark_non_differentiable(s)
-    return out, s
+def sat_weight_forward(
+    w: Tensor, steps: int, mode: str, quantize: bool, n_out: int, integer: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The SAT weight forward: the definition (native.cpp's ``sat_weight_forward`` computes the same bits).
+
+    Args:
+        w: the latent weights (one tensor: SAT is per tensor).
+        steps: R, the Range.
+        mode: one of :data:`QUANT_MODES`.
+        quantize: False for the clamp phase.
+        n_out: the SAT scale's n_out; 0 for no scaling (S = 1).
+        integer: return the integer numerators n instead of ``Wq / S``.
+
+    Returns:
+        ``(out, factor, S)``: ``Wq / S`` (or n), the backward's factor ``1 / (M S)`` (``D / M`` for n, since
+        ``d(n)/d(t) = D S d(Wq/S)/d(t)``), and S.
+    """
+    t, m = sat_normalize(w)
+    wq, n, denom = sat_levels(t, steps, mode, quantize)
+    s = sat_scale(wq, n_out) if n_out > 0 else torch.ones((), dtype=w.dtype, device=w.device)
+    if integer:
+        assert n is not None, "integer levels need ApplyQuantization=1"
+        return n, torch.full_like(m, denom) / m, s  # not denom / m: torch computes that as denom * (1/m)
+    return wq / s, 1 / (m * s), s
+
+
+def sat_weight_backward(w: Tensor, grad: Tensor, factor: Tensor, c: float) -> Tensor:
+    """The SAT weight gradient ``g (1/cosh W)^2 factor c``: the definition (and native.cpp's)."""
+    # In place on one temporary, each step the same operation as written out (1/x is torch's reciprocal;
+    # c = 1 is skipped: x * 1.0 == x).
+    grad_w = torch.cosh(w).reciprocal_()
+    grad_w = grad_w.mul_(grad_w).mul_(grad).mul_(factor)
+    if c != 1.0:
+        grad_w.mul_(c)
+    return grad_w
 
 
 class SATWeightFunction(torch.autograd.Function):
     """SAT weight quantization with N2D2's straight-through backward (M and S detached).
 
-    ``apply(w, steps, mode, quantize, n_out, integer) -> (out, S)``: ``out`` is ``Wq / S`` (``n_out`` is None:
-    no scaling, S = 1) or, with ``integer``, the integer levels n. S carries no gradient.
+    ``apply(w, steps, mode, quantize, n_out, integer, kernels=EAGER) -> (out, S)``: ``out`` is ``Wq / S``
+    (``n_out`` is None: no scaling, S = 1) or, with ``integer``, the integer levels n. S carries no gradient.
+    ``kernels`` computes :func:`sat_weight_forward` and :func:`sat_weight_backward`.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, w: Tensor, steps: int, mode: str, quantize: bool, n_out: int | None, integer: bool
+        ctx: Any, w: Tensor, steps: int, mode: str, quantize: bool, n_out: int | None, integer: bool,
+        kernels: Kernels = EAGER,
     ) -> tuple[Tensor, Tensor]:
-        if mode == "Default" and quantize and not integer:
-            return _sat_default_forward(ctx, w, steps, n_out)
-        t, m = sat_normalize(w)
-        wq, n, denom = sat_levels(t, steps, mode, quantize)
-        s = sat_scale(wq, n_out) if n_out is not None else torch.ones((), dtype=w.dtype, device=w.device)
-        if integer:
-            assert n is not None, "integer levels need ApplyQuantization=1"
-            out = n
-            # d(n)/d(t) = D S d(Wq/S)/d(t): the 1/(M S) of the float path becomes D/M.
-            factor = m.new_tensor(denom) / m  # not denom / m: torch computes that as denom * (1/m)
-        else:
-            out = wq / s
-            factor = 1 / (m * s)
-        return _keep_for_backward(ctx, w, factor, sat_gradient_factor(steps, mode), out, s)
+        out, factor, s = kernels.run(sat_weight_forward, w, steps, mode, quantize, n_out or 0, integer)
+        ctx.save_for_backward(w, factor)
+        ctx.c = sat_gradient_factor(steps, mode)
+        ctx.kernels = kernels
+        ctx.mark_non_differentiable(s)
+        return out, s
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor, _grad_s: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         w, factor = ctx.saved_tensors
-        # g (1/cosh W)^2 factor c, in place on one temporary (each step the same operation as written out;
-        # 1/x is torch's reciprocal, and c = 1 is skipped: x * 1.0 == x).
-        grad_w = torch.cosh(w).reciprocal_()
-        grad_w = grad_w.mul_(grad_w).mul_(grad).mul_(factor)
-        if ctx.c != 1.0:
-            grad_w.mul_(ctx.c)
-        return grad_w, None, None, None, None, None
-
-
-def _sat_default_forward(ctx: Any, w: Tensor, steps: int, n_out: int | None) -> tuple[Tensor, Tensor]:
-    """SATWeightFunction's forward for its most common case (Default mode, quantized, float levels).
-
-    The arithmetic of :func:`sat_normalize`, :func:`sat_levels` and the scaling step for step (same values
-    to the bit), in place on one temporary: a QAT step calls this once per layer, and for small layers the
-    operations' fixed costs were most of the quantizer's time.
-    """
-    t = torch.tanh(w)
-    m = t.abs().max()
-    m = torch.where(m > 0, m, 1.0)
-    # u = 0.5 (t + 1); k = rint(R u); Wq = 2 (k (1/R)) - 1
-    wq = t.div_(m).add_(1).mul_(0.5).mul_(steps).round_().mul_(1 / steps).mul_(2).sub_(1)
-    if n_out is None:
-        s = torch.ones((), dtype=w.dtype, device=w.device)
-        factor = m.reciprocal()  # 1 / (M S) with S = 1
-    else:
-        s = sat_scale(wq, n_out)
-        wq = wq.div_(s)
-        factor = (m * s).reciprocal()
-    return _keep_for_backward(ctx, w, factor, 1.0, wq, s)
-
-
-def sat_weight_train_forward(
-    w: Tensor, steps: int, mode: str, quantize: bool, n_out: int, integer: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """The training step's SAT weight forward as one fused call (:mod:`qatrun.quant.kernels`).
-
-    On the CPU the native kernel of that name runs instead, computing :class:`SATWeightFunction`'s
-    arithmetic to the bit. This is the graph ``torch.compile`` builds for other devices: the same formulas
-    with ``t`` multiplied by ``1/M`` and S from a two-pass float variance (``n_out = 0``: no scaling), so
-    ``Wq`` may differ from the eager one in its last bit, and its level where ``R u`` lies within a rounding
-    of a tie.
-
-    Returns:
-        ``(out, factor, S)``: ``Wq / S`` (or the integer levels), the backward's factor ``1 / (M S)``
-        (``D / M`` for integer levels), and S.
-    """
-    t = torch.tanh(w)
-    m = t.abs().amax()
-    m = torch.where(m > 0, m, 1.0)
-    wq, n, denom = sat_levels(t * (1 / m), steps, mode, quantize)
-    if n_out:
-        centred = wq - wq.mean()
-        s = torch.sqrt(n_out * ((centred * centred).sum() / (wq.numel() - 1)))
-        s = torch.where(s > 0, s, 1.0)
-    else:
-        s = torch.ones((), dtype=w.dtype, device=w.device)
-    if integer:
-        assert n is not None, "integer levels need ApplyQuantization=1"
-        return n, denom / m, s
-    return wq * (1 / s), 1 / (m * s), s
-
-
-def sat_weight_train_backward(w: Tensor, grad: Tensor, factor: Tensor, c: float) -> Tensor:
-    """The SAT weight gradient ``g (1/cosh W)^2 factor c`` in one compiled call."""
-    r = 1 / torch.cosh(w)
-    return grad * (r * r) * (factor * c)
-
-
-class FusedSATWeightFunction(torch.autograd.Function):
-    """``apply(w, steps, mode, quantize, n_out, integer) -> (out, S)``: :class:`SATWeightFunction` for the
-    training step, forward and backward each one fused call (:func:`sat_weight_train_forward`).
-
-    A LeNet QAT step's five weight quantizers were 85 small eager operations, each costing several times its
-    standalone time right after the convolutions (caches full of activations): 1.7 ms of a 9 ms step.
-    """
-
-    @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: Any, w: Tensor, steps: int, mode: str, quantize: bool, n_out: int | None, integer: bool
-    ) -> tuple[Tensor, Tensor]:
-        scaled = n_out if n_out is not None and w.numel() > 1 else 0
-        out, factor, s = kernels.KERNELS.run(sat_weight_train_forward, w, steps, mode, quantize, scaled, integer)
-        return _keep_for_backward(ctx, w, factor, sat_gradient_factor(steps, mode), out, s)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor, _grad_s: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        w, factor = ctx.saved_tensors
-        grad_w = kernels.KERNELS.run(sat_weight_train_backward, w, grad.contiguous(), factor, ctx.c)
-        return grad_w, None, None, None, None, None
+        grad_w = ctx.kernels.run(sat_weight_backward, w, grad.contiguous(), factor, ctx.c)
+        return grad_w, None, None, None, None, None, None
 
 
 def sat_weight(
@@ -366,51 +306,62 @@ def sat_weight(
 # Activations: pure tensor functions
 
 
-def sat_activation_forward(x: Tensor, alpha: Tensor, steps: int) -> tuple[Tensor, Tensor, Tensor]:
-    """CG-PACT forward. Returns ``(y, q, level)`` with ``q = clip(x,0,a)/a``, ``level = round(R q)``."""
-    a = alpha.abs()
+def sat_act_levels(x: Tensor, a: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    """``(q, level)``: ``q = clip(x, 0, a) / a`` and ``level = round(R q)`` (half away from zero)."""
     # In-place steps on the function's own temporaries (same operations, same values): on the CPU each new
-    # activation-sized tensor costs its page faults, which made this quantizer most of a QAT step.
+    # activation-sized tensor costs its page faults.
     q = torch.minimum(x.clamp(min=0), a)
     q.div_(a)
-    level = round_half_away(steps * q)
-    y = level / steps
-    y.mul_(a)
-    return y, q, level
+    return q, round_half_away(steps * q)
+
+
+def sat_act_forward(x: Tensor, alpha: Tensor, steps: int) -> Tensor:
+    """CG-PACT forward ``y = round(R q) / R a``, ``a = |alpha|``: the definition (and native.cpp's)."""
+    a = alpha.abs()
+    _, level = sat_act_levels(x, a, steps)
+    return level.div_(steps).mul_(a)
+
+
+def sat_act_backward(x: Tensor, alpha: Tensor, grad: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+    """CG-PACT gradients ``(dx, dalpha)`` from the input and the output gradient (the levels recomputed):
+    the definition (native.cpp's sums dalpha in another order)."""
+    a = alpha.abs()
+    q, level = sat_act_levels(x, a, steps)
+    grad_x = torch.where(x.gt(0).logical_and_(x <= a), grad, 0.0)
+    # d y / d a: 1 where clipped at a, the rounding residue round(Rq)/R - q inside (0 below 0, q = 0).
+    local = level.div_(steps).sub_(q).masked_fill_(x >= a, 1.0)
+    return grad_x, (grad * local).sum()
 
 
 class SATActivationFunction(torch.autograd.Function):
-    """``apply(x, alpha, steps) -> y``: SAT/PACT activation quantization with N2D2's alpha gradient."""
+    """``apply(x, alpha, steps, kernels=EAGER) -> y``: SAT/PACT activation quantization with N2D2's alpha
+    gradient; ``kernels`` computes :func:`sat_act_forward` and :func:`sat_act_backward`.
+
+    Saves only ``x`` and ``alpha`` for the backward, which recomputes the levels.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, alpha: Tensor, steps: int) -> Tensor:  # type: ignore[override]
-        y, q, level = sat_activation_forward(x, alpha, steps)
-        ctx.save_for_backward(x, alpha, q, level)
+    def forward(  # type: ignore[override]
+        ctx: Any, x: Tensor, alpha: Tensor, steps: int, kernels: Kernels = EAGER
+    ) -> Tensor:
+        ctx.save_for_backward(x, alpha)
         ctx.steps = steps
-        return y
+        ctx.kernels = kernels
+        return kernels.run(sat_act_forward, x, alpha, steps)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        x, alpha, q, level = ctx.saved_tensors
-        a = alpha.abs()
-        inside = x.gt(0).logical_and_(x <= a)
-        grad_x = inside.to(grad.dtype).mul_(grad)  # grad * 1[0 < x <= a]
-        # d y / d a: 1 where clipped at a, the rounding residue round(Rq)/R - q inside (0 below 0, q = 0).
-        local = level / ctx.steps
-        local.sub_(q).masked_fill_(x >= a, 1.0)
-        grad_alpha = (grad * local).sum().reshape(alpha.shape).to(alpha.dtype)
-        return grad_x, grad_alpha, None
+        x, alpha = ctx.saved_tensors
+        grad_x, grad_alpha = ctx.kernels.run(sat_act_backward, x, alpha, grad.contiguous(), ctx.steps)
+        return grad_x, grad_alpha.reshape(alpha.shape).to(alpha.dtype), None, None
 
 
-def sat_activation(x: Tensor, alpha: Tensor, steps: int) -> Tensor:
+def sat_activation(x: Tensor, alpha: Tensor, steps: int, kernels: Kernels = EAGER) -> Tensor:
     """SAT fake-quantized activations, differentiable in x and alpha as N2D2.
 
-    A training step (gradient required) runs the fused kernels of :mod:`qatrun.quant.kernels` unless
-    ``QATRUN_KERNELS=eager``; everything else runs :class:`SATActivationFunction`.
+    A training step (gradient required) runs on ``kernels``; everything else on the eager definition.
     """
-    if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad) and kernels.fused_enabled():
-        return kernels.FusedSATActivation.apply(x, alpha, steps)
-    return SATActivationFunction.apply(x, alpha, steps)
+    return SATActivationFunction.apply(x, alpha, steps, kernels.for_step(x, alpha))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -424,12 +375,14 @@ class SATWeightQuantizer(nn.Module):
         spec: the ``QWeight`` settings.
         n_out: the layer's n_out for the SAT scale (C_out kH kW for a convolution, N_out for Fc).
         channel_axis: the weight axis of the output channels (unused: SAT is per tensor).
+        kernels: the training step's kernels (:func:`qatrun.quant.select_kernels`).
     """
 
-    def __init__(self, spec: SATWeightSpec, *, n_out: int, channel_axis: int = 0) -> None:
+    def __init__(self, spec: SATWeightSpec, *, n_out: int, channel_axis: int = 0, kernels: Kernels = EAGER) -> None:
         super().__init__()
         self.spec = spec
         self.n_out = n_out
+        self.kernels = kernels
 
     @property
     def integer(self) -> bool:
@@ -439,10 +392,8 @@ class SATWeightQuantizer(nn.Module):
     def _apply_sat(self, w: Tensor, integer: bool) -> tuple[Tensor, Tensor]:
         spec = self.spec
         n_out = self.n_out if spec.apply_scaling else None
-        function = SATWeightFunction
-        if torch.is_grad_enabled() and w.requires_grad and kernels.fused_enabled():
-            function = FusedSATWeightFunction  # the training step
-        return function.apply(w, spec.range, spec.quant_mode, spec.apply_quantization, n_out, integer)
+        return SATWeightFunction.apply(w, spec.range, spec.quant_mode, spec.apply_quantization, n_out, integer,
+                                       self.kernels.for_step(w))
 
     def forward(self, w: Tensor) -> Tensor:
         """Fake-quantized weights ``Wq / S`` (same shape as ``w``)."""
@@ -487,15 +438,17 @@ class SATActivationQuantizer(nn.Module):
 
     Args:
         spec: the ``QAct`` settings.
+        kernels: the training step's kernels (:func:`qatrun.quant.select_kernels`).
     """
 
-    def __init__(self, spec: SATActSpec) -> None:
+    def __init__(self, spec: SATActSpec, *, kernels: Kernels = EAGER) -> None:
         super().__init__()
         self.spec = spec
         self.alpha = nn.Parameter(torch.tensor(float(spec.alpha)))
+        self.kernels = kernels
 
     def forward(self, x: Tensor) -> Tensor:
-        return sat_activation(x, self.alpha.to(x.dtype), self.spec.range)
+        return sat_activation(x, self.alpha.to(x.dtype), self.spec.range, self.kernels)
 
     def describe(self) -> str:
         """``SAT a8``."""

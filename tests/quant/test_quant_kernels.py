@@ -1,33 +1,47 @@
 """The fused quantizer kernels against the eager quantizers.
 
 Two builds of the fused kernels run here: the native C++ ones (the CPU's), which must equal the eager
-functions to the bit but for the order of the alpha/step sums, and the ``torch.compile`` graphs (the other
-devices'), run on the CPU, whose levels may differ within a float rounding of a tie.
+functions to the bit but for the order of the alpha/step sums, and the ``torch.compile`` graphs of the same
+definitions (the other devices'), run on the CPU, whose levels may differ within a float rounding of a tie.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import pytest
 import torch
 
 from qatrun.errors import RunError
-from qatrun.quant import kernels
-from qatrun.quant.lsq import LSQFunction, lsq_quantize
+from qatrun.quant import kernels, select_kernels
+from qatrun.quant.kernels import EAGER, Kernels
+from qatrun.quant.lsq import LSQActivationQuantizer, LSQActSpec, LSQFunction, lsq_quantize
 from qatrun.quant import sat
 from qatrun.quant.sat import SATActivationFunction, sat_activation
 
+# Each test takes its own kernels value: the native C++ ones, or the torch.compile graphs on the CPU.
+FUSED = {"native": Kernels("compiled", "native"), "graph": Kernels("compiled", "compiled")}
+
 
 @pytest.fixture(params=["native", "graph"])
-def compiled(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """``QATRUN_KERNELS=compiled`` with the native kernels, or with the torch.compile graphs on the CPU."""
-    monkeypatch.setenv(kernels.ENV, "compiled")
-    monkeypatch.setattr(kernels.KERNELS, "native_on_cpu", request.param == "native")
+def compiled(request: pytest.FixtureRequest) -> str:
+    """``compiled`` kernels: the native ones, or the torch.compile graphs on the CPU."""
     return request.param
+
+
+@dataclass(frozen=True)
+class Recording(Kernels):
+    """Kernels that note the definitions they are asked to compute."""
+
+    calls: list[str] = field(default_factory=list, compare=False)
+
+    def run(self, fn, *args):
+        self.calls.append(fn.__name__)
+        return super().run(fn, *args)
 
 
 def _inputs(dtype: torch.dtype, shape: tuple[int, ...], alpha: float, steps: int) -> torch.Tensor:
@@ -71,7 +85,7 @@ def test_fused_sat_activation_matches_eager(compiled: str, dtype, shape, alpha, 
         xi = x.clone().requires_grad_()
         a = torch.tensor(alpha, dtype=dtype, requires_grad=True)
         if fused:
-            y = kernels.FusedSATActivation.apply(xi, a, steps)
+            y = SATActivationFunction.apply(xi, a, steps, FUSED[compiled])
         else:
             y = SATActivationFunction.apply(xi, a, steps)
         y.backward(grad)
@@ -95,18 +109,22 @@ def test_fused_sat_activation_matches_eager(compiled: str, dtype, shape, alpha, 
 def test_training_step_dispatches_to_fused_kernels(compiled: str) -> None:
     x = torch.linspace(-1, 5, 60).reshape(3, 20).requires_grad_()
     alpha = torch.tensor(4.0, requires_grad=True)
-    assert type(sat_activation(x, alpha, 15).grad_fn).__name__ == "FusedSATActivationBackward"
+    fused = Recording("compiled", FUSED[compiled].backend)
+    sat_activation(x, alpha, 15, fused).sum().backward()
+    assert fused.calls == ["sat_act_forward", "sat_act_backward"]
     with torch.no_grad():  # evaluation: the eager function, nothing to compile
-        assert sat_activation(x, alpha, 15).grad_fn is None
-    assert type(sat_activation(x.detach(), alpha.detach(), 15).grad_fn).__name__ != "FusedSATActivationBackward"
+        assert sat_activation(x, alpha, 15, fused).grad_fn is None
+    sat_activation(x.detach(), alpha.detach(), 15, fused)
+    assert fused.calls == ["sat_act_forward", "sat_act_backward"]
+    assert fused.for_step(x) is fused and fused.for_step(x.detach()) is EAGER
 
 
 def test_eager_mode_never_compiles(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(kernels.ENV, "eager")
     monkeypatch.setattr(torch, "compile", lambda *a, **k: pytest.fail("torch.compile called in eager mode"))
     x = torch.linspace(-1, 5, 60).requires_grad_()
-    y = sat_activation(x, torch.tensor(4.0, requires_grad=True), 15)
+    y = sat_activation(x, torch.tensor(4.0, requires_grad=True), 15, select_kernels("eager"))
     assert type(y.grad_fn).__name__ == "SATActivationFunctionBackward"
+    y.sum().backward()
 
 
 def _failing_compile(*args, **kwargs):
@@ -120,29 +138,39 @@ def _failing_build():
     raise RuntimeError("no C++ compiler")
 
 
+def _failing_load(directory=None, *, build=True):
+    if build:
+        _failing_build()
+    return None  # nothing built yet
+
+
 @pytest.fixture
 def no_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(kernels, "KERNELS", kernels._Kernels())
-    monkeypatch.setattr(kernels, "build_native", _failing_build)
+    monkeypatch.setattr(kernels, "load_native", _failing_load)
     monkeypatch.setattr(torch, "compile", _failing_compile)
 
 
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_mode_falls_back_to_eager_with_one_warning(no_compiler: None, monkeypatch, native: bool) -> None:
     monkeypatch.setenv(kernels.ENV, "auto")
-    kernels.KERNELS.native_on_cpu = native
+    chosen = select_kernels(device="cpu" if native else "meta")  # meta: stands for a GPU (compiled graphs)
+    assert chosen.backend == ("native" if native else "compiled")
+    assert chosen.describe() == ("native (CPU C++)" if native else "compiled (torch.compile)")
     x = torch.linspace(-1, 5, 60)
     a = torch.tensor(4.0)
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
-        y = kernels.KERNELS.run(kernels.sat_act_forward, x, a, 15)
-    assert torch.equal(y, kernels.sat_act_forward(x, a, 15))
-    kernels.KERNELS.run(kernels.sat_act_forward, x, a, 15)  # no second warning (pytest would error on none)
+        y = chosen.run(sat.sat_act_forward, x, a, 15)
+    assert torch.equal(y, sat.sat_act_forward(x, a, 15))
+    chosen.run(sat.sat_act_forward, x, a, 15)  # no second warning (pytest would error on none)
+    what = "native kernels" if native else "torch.compile"
+    assert chosen.describe() == f"eager ({what} failed: RuntimeError: no C++ compiler)"
+    assert copy.deepcopy(chosen) is chosen  # a copied network shares the value, its failure included
 
 
 def test_compiled_mode_reports_a_failure(no_compiler: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(kernels.ENV, "compiled")
     with pytest.raises(RunError, match="QATRUN_KERNELS=compiled: the fused quantizer kernels failed: RuntimeError"):
-        kernels.KERNELS.run(kernels.sat_act_forward, torch.ones(3), torch.tensor(1.0), 15)
+        select_kernels().run(sat.sat_act_forward, torch.ones(3), torch.tensor(1.0), 15)
 
 
 def test_native_build_name_follows_source_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,7 +183,24 @@ def test_native_build_name_follows_source_and_flags(monkeypatch: pytest.MonkeyPa
 def test_unknown_mode_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(kernels.ENV, "fast")
     with pytest.raises(RunError, match="QATRUN_KERNELS=fast: expected one of auto, compiled, eager"):
-        kernels.fused_enabled()
+        select_kernels()
+    with pytest.raises(RunError, match="kernels=quick: expected one of auto, compiled, eager"):
+        select_kernels("quick")
+
+
+def test_the_mode_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(kernels.ENV, "compiled")
+    chosen = select_kernels(device="meta")
+    assert (chosen.mode, chosen.backend, chosen.origin) == ("compiled", "compiled", kernels.ENV)
+    quantizer = LSQActivationQuantizer(LSQActSpec(range=15), kernels=chosen)
+    monkeypatch.setenv(kernels.ENV, "fast")  # read by nobody from now on
+    x = torch.linspace(-1, 5, 60).requires_grad_()
+    with torch.no_grad():
+        quantizer(x)
+    assert quantizer.kernels is chosen
+    assert select_kernels("eager", device="meta").describe() == "eager"
+    monkeypatch.delenv(kernels.ENV)
+    assert select_kernels(device="meta").mode == "auto"
 
 
 LSQ_CASES = [
@@ -177,10 +222,10 @@ def test_fused_lsq_matches_eager(compiled: str, dtype, shape, step, bounds) -> N
     flat[: special.numel()] = special.to(dtype)
     grad = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
     results = []
-    for function in (kernels.FusedLSQ, LSQFunction):
+    for chosen in (FUSED[compiled], EAGER):
         xi = x.clone().requires_grad_()
         s = torch.tensor(step, dtype=dtype, requires_grad=True)
-        y = function.apply(xi, s, qn, qp)
+        y = LSQFunction.apply(xi, s, qn, qp, chosen)
         y.backward(grad)
         results.append((y.detach(), xi.grad, s.grad))
     (y_f, dx_f, ds_f), (y_e, dx_e, ds_e) = results
@@ -189,16 +234,16 @@ def test_fused_lsq_matches_eager(compiled: str, dtype, shape, step, bounds) -> N
     _check_levels(y_f, y_e, v_eager, step, dtype)
     if compiled == "native":
         assert torch.equal(y_f, y_e) and torch.equal(dx_f, dx_e)
-    # The mask compares x (1/s) with the ends instead of x / s: equal except within float rounding of an end.
+    # A compiler may compare x (1/s) with the ends instead of x / s: equal except within float rounding of an end.
     v_fused = x * (1 / s)
     mask_differs = dx_f != dx_e
     at_end = ((v_eager - qn).abs() <= 4 * torch.finfo(dtype).eps * abs(qn)) | (
         (v_eager - qp).abs() <= 4 * torch.finfo(dtype).eps * qp) | ((v_fused > qn) & (v_fused < qp)) != (
         (v_eager > qn) & (v_eager < qp))
     assert bool((at_end | ~mask_differs).all())
-    # The step gradient from its formula on the kernels' v (the graphs' x (1/s), whose ends and ties may fall
-    # on the other side of the eager x / s; the native kernels' x / s), summed in float64.
-    v = (x / s if compiled == "native" else v_fused).double()
+    # The step gradient from its formula on the kernels' v, summed in float64: both compute the definition's
+    # x / s (a compiler that turned it into x (1/s) could put ends and ties on the other side).
+    v = (x / s).double()
     level = torch.where(v.clamp(qn, qp) >= 0, torch.floor(v.clamp(qn, qp) + 0.5), -torch.floor(-v.clamp(qn, qp) + 0.5))
     local = torch.where(v <= qn, float(qn), torch.where(v >= qp, float(qp), level - v))
     expected = (grad.double() * local).sum() / math.sqrt(x.numel() * qp)
@@ -206,7 +251,9 @@ def test_fused_lsq_matches_eager(compiled: str, dtype, shape, step, bounds) -> N
     assert torch.allclose(ds_f.double(), expected, rtol=tolerance, atol=tolerance * float(grad.abs().sum())), (
         ds_f, expected)
     x_req = x.clone().requires_grad_()
-    assert type(lsq_quantize(x_req, torch.tensor(step, dtype=dtype), qn, qp).grad_fn).__name__ == "FusedLSQBackward"
+    fused = Recording("compiled", FUSED[compiled].backend)
+    lsq_quantize(x_req, torch.tensor(step, dtype=dtype), qn, qp, fused).sum().backward()
+    assert fused.calls == ["lsq_forward", "lsq_backward"]
 
 
 SAT_WEIGHT_CASES = [
@@ -226,9 +273,9 @@ def test_fused_sat_weight_matches_eager(compiled: str, dtype, mode, quantize, n_
     w = (torch.randn((16, 6, 5, 5), generator=g, dtype=torch.float64) * 0.3).to(dtype)
     grad = torch.randn(w.shape, generator=g, dtype=torch.float64).to(dtype)
     results = []
-    for function in (sat.FusedSATWeightFunction, sat.SATWeightFunction):
+    for chosen in (FUSED[compiled], EAGER):
         wi = w.clone().requires_grad_()
-        out, s = function.apply(wi, steps, mode, quantize, n_out, integer)
+        out, s = sat.SATWeightFunction.apply(wi, steps, mode, quantize, n_out, integer, chosen)
         out.backward(grad)
         results.append((out.detach(), s, wi.grad))
     (out_f, s_f, grad_f), (out_e, s_e, grad_e) = results
@@ -257,26 +304,63 @@ def test_fused_sat_weight_matches_eager(compiled: str, dtype, mode, quantize, n_
 
 
 def test_training_step_dispatches_weights_to_fused_kernels(compiled: str) -> None:
-    quantizer = sat.SATWeightQuantizer(sat.SATWeightSpec(range=15, apply_scaling=True), n_out=20)
+    fused = Recording("compiled", FUSED[compiled].backend)
+    quantizer = sat.SATWeightQuantizer(sat.SATWeightSpec(range=15, apply_scaling=True), n_out=20, kernels=fused)
     w = torch.randn(20, 8, requires_grad=True)
-    assert type(quantizer(w).grad_fn).__name__ == "FusedSATWeightFunctionBackward"
+    quantizer(w).sum().backward()
+    assert fused.calls == ["sat_weight_forward", "sat_weight_backward"]
     with torch.no_grad():
         assert quantizer(w).grad_fn is None
-    assert type(quantizer(w.detach()).grad_fn).__name__ != "FusedSATWeightFunctionBackward"
+    quantizer(w.detach())
+    assert fused.calls == ["sat_weight_forward", "sat_weight_backward"]
+
+
+def test_compiling_leaves_dynamo_settings_alone() -> None:
+    before = torch._dynamo.config.recompile_limit
+    x = torch.linspace(-1, 5, 60).requires_grad_()
+    for steps in (3, 7, 15):
+        sat_activation(x, torch.tensor(4.0, requires_grad=True), steps, FUSED["graph"]).sum().backward()
+    assert torch._dynamo.config.recompile_limit == before
 
 
 def test_native_build_removes_a_stale_lock(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     from torch.utils import cpp_extension
 
-    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     name = kernels.native_build_name()
-    folder = Path(cpp_extension._get_build_directory(name, verbose=False))
     built = []
-    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: built.append(kwargs["name"]))
-    (folder / "lock").write_text("")
-    kernels.build_native()  # a fresh lock: left to its owner
-    assert (folder / "lock").exists() and built == [name]
+    path = os.environ.get("PATH")
+
+    def load(**kwargs):
+        built.append((kwargs["name"], kwargs["build_directory"]))
+        return None
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "lock").write_text("")
+    kernels.build_native(tmp_path)  # a fresh lock: left to its owner
+    assert (tmp_path / "lock").exists() and built == [(name, str(tmp_path))]
     old = time.time() - kernels.STALE_LOCK_SECONDS - 60
-    os.utime(folder / "lock", (old, old))
-    kernels.build_native()
-    assert not (folder / "lock").exists() and built == [name, name]
+    os.utime(tmp_path / "lock", (old, old))
+    kernels.build_native(tmp_path)
+    assert not (tmp_path / "lock").exists() and len(built) == 2
+    assert os.environ.get("PATH") == path  # ninja's folder is on the PATH during a build only
+
+
+def test_a_built_library_is_imported_without_compiling(monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch.utils import cpp_extension
+
+    FUSED["native"].run(sat.sat_act_forward, torch.ones(3), torch.tensor(1.0), 15)  # built by now
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: pytest.fail("compiled at run time"))
+    chosen = select_kernels("auto")
+    assert chosen.describe() == "native (CPU C++)" and chosen._cache.native is not None
+    assert kernels.native_directory().name == kernels.native_build_name()
+
+
+def test_the_build_command_reports_a_failure_in_one_line(monkeypatch: pytest.MonkeyPatch, capsys, tmp_path) -> None:
+    monkeypatch.setattr(kernels, "native_directory", lambda: tmp_path)
+    monkeypatch.setattr(kernels, "build_native", lambda directory: _failing_build())
+    assert kernels.main(["--build-kernels"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "... failed (RuntimeError: no C++ compiler); training on the CPU" in err
+    assert kernels.main(["--kernels-dir"]) == 0
+    assert capsys.readouterr().out == f"{tmp_path}\n"
