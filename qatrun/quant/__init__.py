@@ -9,7 +9,8 @@ Typical use (the pipeline does this)::
     gm = quant.prepare(gm, plans, kernels=kernels)   # Conv/Linear/activations swapped for quantized modules
     quant.describe(gm.conv1)                         # "SAT w8"
 
-Methods (``QWeight=``/``QAct=``): SAT (:mod:`.sat`), LSQ (:mod:`.lsq`), MinMax (:mod:`.minmax`).
+Methods (``QWeight=``/``QAct=``): SAT (:mod:`.sat`), LSQ (:mod:`.lsq`), MinMax (:mod:`.minmax`); the
+interfaces they satisfy: :mod:`.protocols`.
 """
 
 from __future__ import annotations
@@ -26,11 +27,14 @@ from qatrun.quant.modules import (
     QuantLinear,
 )
 from qatrun.quant.prepare import activation_module_name, describe, prepare, unprepare
+from qatrun.quant.protocols import ActivationQuantizer, HoldsN2D2Files, WeightQuantizer
 from qatrun.quant.registry import METHODS, Method, build_act_quantizer, build_weight_quantizer, method
 from qatrun.quant.sat import SATActivationQuantizer, SATActSpec, SATWeightQuantizer, SATWeightSpec
 from qatrun.quant.spec import QuantSpec, bits
 
 __all__ = [
+    "ActivationQuantizer",
+    "HoldsN2D2Files",
     "Kernels",
     "LSQActSpec",
     "LSQActivationQuantizer",
@@ -54,6 +58,7 @@ __all__ = [
     "SATWeightQuantizer",
     "SATWeightSpec",
     "SolverPlan",
+    "WeightQuantizer",
     "activation_module_name",
     "bits",
     "build_act_quantizer",

@@ -26,6 +26,7 @@ of the current batch, without storing it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -194,6 +195,8 @@ class _MinMaxQuantizer(nn.Module):
 
     ``kernels`` is held for the quantizer interface only: MinMax's few operations have no fused kernels.
     """
+
+    PARAMETER_MIN: ClassVar[Mapping[str, float]] = {}
 
     def __init__(self, spec: MinMaxSpec, kernels: Kernels) -> None:
         super().__init__()

@@ -24,13 +24,21 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from qatrun.quant.protocols import ActivationQuantizer, WeightQuantizer
+
 
 class QuantizedWeightLayer:
     """What the three quantized layer classes share (a mixin over the torch layer class)."""
 
     weight: nn.Parameter
     bias: nn.Parameter | None
-    weight_quantizer: nn.Module
+    weight_quantizer: WeightQuantizer
+    training: bool
+
+    @classmethod
+    def from_float(cls, module: Any, quantizer: WeightQuantizer) -> nn.Module:
+        """Wraps a float layer of this class's kind, parameters shared (each layer class defines it)."""
+        raise NotImplementedError
 
     def _keep_float(self, float_module: nn.Module) -> None:
         # The float module is kept out of the module tree (no state dict entries, no second copy of the
@@ -44,7 +52,7 @@ class QuantizedWeightLayer:
             setattr(float_module, name, getattr(self, name))
         for name in list(float_module._buffers):
             float_module._buffers[name] = getattr(self, name)
-        float_module.train(self.training)  # type: ignore[attr-defined]
+        float_module.train(self.training)
         return float_module
 
     def latent_weight(self) -> Tensor:
@@ -71,11 +79,11 @@ class QuantizedWeightLayer:
 
     def n2d2_files(self, cell_name: str) -> dict[str, Tensor]:
         """The weight quantizer's N2D2 files (``<cell>_alphaW_LSQ`` for LSQ; none for SAT)."""
-        return self.weight_quantizer.n2d2_files(cell_name)  # type: ignore[operator]
+        return self.weight_quantizer.n2d2_files(cell_name)
 
     def load_n2d2_file(self, stem: str, tensor: Tensor) -> None:
         """Gives one of :meth:`n2d2_files` back to the weight quantizer."""
-        self.weight_quantizer.load_n2d2_file(stem, tensor)  # type: ignore[operator]
+        self.weight_quantizer.load_n2d2_file(stem, tensor)
 
     def _quantized_forward(self, x: Tensor, compute: Any, channel_dim: int) -> Tensor:
         """``compute(x, weight, bias)`` with Wq, or, in integer mode, with n then ``* rescale + bias``.
@@ -106,12 +114,12 @@ class QuantConv2d(QuantizedWeightLayer, nn.Conv2d):
     """``nn.Conv2d`` computing with quantized weights (see :meth:`from_float`)."""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, quantizer: nn.Module) -> QuantConv2d:
+    def from_float(cls, conv: nn.Conv2d, quantizer: WeightQuantizer) -> QuantConv2d:
         """Wraps a float convolution (parameters shared, ``mask`` buffer kept).
 
         Args:
             conv: an ``nn.Conv2d`` or subclass (a masked convolution has a ``mask`` buffer).
-            quantizer: the weight quantizer module.
+            quantizer: the weight quantizer (an ``nn.Module``).
         """
         new = cls(
             conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
@@ -130,12 +138,12 @@ class QuantLinear(QuantizedWeightLayer, nn.Linear):
     """``nn.Linear`` computing with quantized weights (see :meth:`from_float`)."""
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, quantizer: nn.Module) -> QuantLinear:
+    def from_float(cls, linear: nn.Linear, quantizer: WeightQuantizer) -> QuantLinear:
         """Wraps a float linear layer (parameters shared).
 
         Args:
             linear: an ``nn.Linear``.
-            quantizer: the weight quantizer module.
+            quantizer: the weight quantizer (an ``nn.Module``).
         """
         new = cls(linear.in_features, linear.out_features, linear.bias is not None, device="meta")
         _share_parameters(new, linear)
@@ -151,12 +159,12 @@ class QuantConvTranspose2d(QuantizedWeightLayer, nn.ConvTranspose2d):
     """``nn.ConvTranspose2d`` computing with quantized weights (see :meth:`from_float`)."""
 
     @classmethod
-    def from_float(cls, deconv: nn.ConvTranspose2d, quantizer: nn.Module) -> QuantConvTranspose2d:
+    def from_float(cls, deconv: nn.ConvTranspose2d, quantizer: WeightQuantizer) -> QuantConvTranspose2d:
         """Wraps a float transposed convolution (parameters shared).
 
         Args:
             deconv: an ``nn.ConvTranspose2d``.
-            quantizer: the weight quantizer module.
+            quantizer: the weight quantizer (an ``nn.Module``).
         """
         new = cls(
             deconv.in_channels, deconv.out_channels, deconv.kernel_size, deconv.stride, deconv.padding,
@@ -211,17 +219,20 @@ class QuantizedActivation(nn.Module):
     """An activation function followed by an activation quantizer.
 
     Args:
-        act: the float activation module (``nn.Identity`` for N2D2's ``Linear``).
-        quantizer: the activation quantizer module.
+        act: the float activation module (``nn.Identity`` for N2D2's ``Linear``), or any module whose
+            output is to be quantized.
+        quantizer: the activation quantizer (an ``nn.Module``).
     """
 
-    def __init__(self, act: nn.Module, quantizer: nn.Module) -> None:
+    quantizer: ActivationQuantizer
+
+    def __init__(self, act: nn.Module, quantizer: ActivationQuantizer) -> None:
         super().__init__()
         self.act = act
         self.quantizer = quantizer
 
     @classmethod
-    def from_float(cls, act: nn.Module, quantizer: nn.Module) -> QuantizedActivation:
+    def from_float(cls, act: nn.Module, quantizer: ActivationQuantizer) -> QuantizedActivation:
         """Same as the constructor, the name of the module-swap pair."""
         return cls(act, quantizer)
 
@@ -231,11 +242,11 @@ class QuantizedActivation(nn.Module):
 
     def n2d2_files(self, cell_name: str) -> dict[str, Tensor]:
         """The activation quantizer's N2D2 files (``<cell>_QAct_SAT_Alpha``, ``<cell>_QAct_LSQ_StepSize``)."""
-        return self.quantizer.n2d2_files(cell_name)  # type: ignore[operator]
+        return self.quantizer.n2d2_files(cell_name)
 
     def load_n2d2_file(self, stem: str, tensor: Tensor) -> None:
         """Gives one of :meth:`n2d2_files` back to the activation quantizer."""
-        self.quantizer.load_n2d2_file(stem, tensor)  # type: ignore[operator]
+        self.quantizer.load_n2d2_file(stem, tensor)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.quantizer(self.act(x))

@@ -61,7 +61,7 @@ def _quantize_weights(root: nn.Module, name: str, plan: QuantPlan, kernels: Kern
     quantizer = build_weight_quantizer(plan.weight, n_out=n_out, channel_axis=channel_axis, kernels=kernels)
     quantizer.to(device=module.weight.device, dtype=module.weight.dtype)
     quantizer.train(module.training)
-    _replace(root, name, quantized_type.from_float(module, quantizer))  # type: ignore[attr-defined]
+    _replace(root, name, quantized_type.from_float(module, quantizer))
 
 
 def _quantize_activation(root: nn.Module, name: str, plan: QuantPlan, kernels: Kernels) -> None:
@@ -122,7 +122,7 @@ def describe(module: nn.Module) -> str | None:
         None for a module without a quantizer.
     """
     if isinstance(module, QuantizedWeightLayer):
-        return module.weight_quantizer.describe()  # type: ignore[operator]
+        return module.weight_quantizer.describe()
     if isinstance(module, QuantizedActivation):
-        return module.quantizer.describe()  # type: ignore[operator]
+        return module.quantizer.describe()
     return None

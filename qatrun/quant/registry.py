@@ -2,8 +2,8 @@
 
 Each method registers a spec class and a quantizer module class per tensor role. A weight quantizer is
 built as ``cls(spec, n_out=..., channel_axis=..., kernels=...)``, an activation quantizer as
-``cls(spec, kernels=...)``. Both expose ``forward``, ``describe()``, ``n2d2_files(cell_name)`` and
-``load_n2d2_file(stem, tensor)``; weight quantizers also ``integer`` and ``integer_forward(w)``.
+``cls(spec, kernels=...)``; their instances satisfy :class:`~qatrun.quant.protocols.WeightQuantizer` and
+:class:`~qatrun.quant.protocols.ActivationQuantizer`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from qatrun.errors import ConfigError
 from qatrun.quant.kernels import EAGER, Kernels
 from qatrun.quant.lsq import LSQActivationQuantizer, LSQActSpec, LSQWeightQuantizer, LSQWeightSpec
 from qatrun.quant.minmax import MinMaxActivationQuantizer, MinMaxActSpec, MinMaxWeightQuantizer, MinMaxWeightSpec
+from qatrun.quant.protocols import ActivationQuantizer, WeightQuantizer
 from qatrun.quant.sat import SATActivationQuantizer, SATActSpec, SATWeightQuantizer, SATWeightSpec
 from qatrun.quant.spec import QuantSpec
 
@@ -67,13 +68,17 @@ def _method_of(spec: QuantSpec) -> Method:
 
 def build_weight_quantizer(
     spec: QuantSpec, *, n_out: int, channel_axis: int, kernels: Kernels = EAGER
-) -> nn.Module:
+) -> WeightQuantizer:
     """The weight quantizer module for ``spec``, for a layer with SAT fan ``n_out``."""
     assert spec.ROLE == "w", spec
-    return _method_of(spec).weight_quantizer(spec, n_out=n_out, channel_axis=channel_axis, kernels=kernels)
+    quantizer: WeightQuantizer = _method_of(spec).weight_quantizer(
+        spec, n_out=n_out, channel_axis=channel_axis, kernels=kernels
+    )
+    return quantizer
 
 
-def build_act_quantizer(spec: QuantSpec, *, kernels: Kernels = EAGER) -> nn.Module:
+def build_act_quantizer(spec: QuantSpec, *, kernels: Kernels = EAGER) -> ActivationQuantizer:
     """The activation quantizer module for ``spec``."""
     assert spec.ROLE == "a", spec
-    return _method_of(spec).act_quantizer(spec, kernels=kernels)
+    quantizer: ActivationQuantizer = _method_of(spec).act_quantizer(spec, kernels=kernels)
+    return quantizer

@@ -48,6 +48,7 @@ to the bit, tested).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -378,6 +379,8 @@ class SATWeightQuantizer(nn.Module):
         kernels: the training step's kernels (:func:`qatrun.quant.select_kernels`).
     """
 
+    PARAMETER_MIN: ClassVar[Mapping[str, float]] = {}
+
     def __init__(self, spec: SATWeightSpec, *, n_out: int, channel_axis: int = 0, kernels: Kernels = EAGER) -> None:
         super().__init__()
         self.spec = spec
@@ -440,6 +443,8 @@ class SATActivationQuantizer(nn.Module):
         spec: the ``QAct`` settings.
         kernels: the training step's kernels (:func:`qatrun.quant.select_kernels`).
     """
+
+    PARAMETER_MIN: ClassVar[Mapping[str, float]] = {}
 
     def __init__(self, spec: SATActSpec, *, kernels: Kernels = EAGER) -> None:
         super().__init__()

@@ -11,6 +11,8 @@ from torch import fx, nn
 
 from qatrun.errors import ConfigError
 from qatrun.quant import (
+    ActivationQuantizer,
+    HoldsN2D2Files,
     LSQWeightSpec,
     MinMaxActSpec,
     QuantConv2d,
@@ -24,6 +26,7 @@ from qatrun.quant import (
     describe,
     prepare,
     unprepare,
+    WeightQuantizer,
 )
 from qatrun.quant.sat import sat_activation, sat_weight
 
@@ -238,3 +241,14 @@ def test_a_prepared_graph_deep_copies_and_converts_back():
     unprepare(twin)
     assert isinstance(twin.conv1, MaskedConv2d) and twin.conv1.weight is not gm.conv1.weight
     assert torch.equal(twin.conv1.weight, gm.conv1.weight) and torch.equal(twin.conv1.mask, gm.conv1.mask)
+
+
+def test_quantizers_and_their_layers_satisfy_the_protocols():
+    gm = prepare(_graph(), PLANS)
+    for name in ("conv1", "deconv1", "fc1"):
+        module = gm.get_submodule(name)
+        assert isinstance(module, HoldsN2D2Files) and isinstance(module.weight_quantizer, WeightQuantizer)
+    assert isinstance(gm.conv1_act, HoldsN2D2Files) and isinstance(gm.conv1_act.quantizer, ActivationQuantizer)
+    assert not isinstance(gm.conv1_act.quantizer, WeightQuantizer) and not isinstance(gm.bn, HoldsN2D2Files)
+    assert dict(gm.deconv1.weight_quantizer.PARAMETER_MIN) == {"step": 1e-8}
+    assert dict(gm.conv1.weight_quantizer.PARAMETER_MIN) == {} == dict(gm.conv1_act.quantizer.PARAMETER_MIN)
