@@ -4,10 +4,15 @@ Typical use (the pipeline does this)::
 
     from qatrun import quant
 
+    kernels = quant.select_kernels("auto", device)     # once per run; kernels.describe() for the record
     plans = {module_name(s): plan for s in layers if (plan := quant.plan_for(s, doc.params(s)))}
-    kernels = quant.select_kernels("auto")           # once per run; kernels.describe() for the record
-    gm = quant.prepare(gm, plans, kernels=kernels)   # Conv/Linear/activations swapped for quantized modules
-    quant.describe(gm.conv1)                         # "SAT w8"
+    gm = quant.prepare(gm, plans, act_names={name: name + "_act" for name in plans}, kernels=kernels)
+    quant.describe(gm.conv1)                           # "SAT w8"
+
+or, on a network of one's own, one module at a time::
+
+    quant.quantize_module(model, "features.0", quant.SATWeightSpec(range=15), kernels)
+    quant.quantize_module(model, "features.1", quant.SATActSpec(range=15), kernels)   # wraps the ReLU
 
 Methods (``QWeight=``/``QAct=``): SAT (:mod:`.sat`), LSQ (:mod:`.lsq`), MinMax (:mod:`.minmax`); the
 interfaces they satisfy: :mod:`.protocols`.
@@ -26,7 +31,7 @@ from qatrun.quant.modules import (
     QuantizedWeightLayer,
     QuantLinear,
 )
-from qatrun.quant.prepare import activation_module_name, describe, prepare, unprepare
+from qatrun.quant.prepare import describe, prepare, quantize_module, unprepare, use_kernels
 from qatrun.quant.protocols import ActivationQuantizer, HoldsN2D2Files, WeightQuantizer
 from qatrun.quant.registry import METHODS, Method, build_act_quantizer, build_weight_quantizer, method
 from qatrun.quant.sat import SATActivationQuantizer, SATActSpec, SATWeightQuantizer, SATWeightSpec
@@ -59,7 +64,6 @@ __all__ = [
     "SATWeightSpec",
     "SolverPlan",
     "WeightQuantizer",
-    "activation_module_name",
     "bits",
     "build_act_quantizer",
     "build_weight_quantizer",
@@ -67,6 +71,8 @@ __all__ = [
     "method",
     "plan_for",
     "prepare",
+    "quantize_module",
     "select_kernels",
     "unprepare",
+    "use_kernels",
 ]

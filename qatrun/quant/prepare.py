@@ -1,90 +1,121 @@
 """The prepare pass: swap a float network's layers for quantized ones, by module name.
 
-``prepare(gm, plans)`` takes the float ``torch.fx.GraphModule`` (or any module tree) and a map from
-module name to :class:`QuantPlan`. For a plan with weights it replaces the ``nn.Conv2d`` (or masked
-subclass), ``nn.Linear`` or ``nn.ConvTranspose2d`` of that name by its quantized counterpart; for a plan
-with activations it wraps the module ``<name>_act`` (the activation the network builder places after a
-layer whose section has ``ActivationFunction=``) in :class:`QuantizedActivation`. The graph itself is
-unchanged: its ``call_module`` nodes find the new modules under the old names. ``unprepare`` swaps back.
+:func:`quantize_module` quantizes one named module of any ``nn.Module`` tree with one quantizer spec: a
+weight spec (``ROLE == "w"``) replaces the ``nn.Conv2d`` (or masked subclass), ``nn.Linear`` or
+``nn.ConvTranspose2d`` of that name by its quantized counterpart; an activation spec (``ROLE == "a"``)
+wraps the module of that name, whatever it computes (a ReLU, an ``nn.Identity``, a residual sum), in
+:class:`QuantizedActivation`, which quantizes its output.
+
+:func:`prepare` does it for the plans of an INI network: each plan's weight quantizer goes on the module
+of the plan's name, its activation quantizer on the module the caller names in ``act_names`` (the
+network builder's ``<name>_act``). A ``torch.fx.GraphModule`` keeps its graph: its ``call_module`` nodes
+find the new modules under the old names. :func:`unprepare` swaps back.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
 from torch import nn
 
-from qatrun.errors import ConfigError
+from qatrun.errors import ConfigError, Location
 from qatrun.quant.config import QuantPlan
-from qatrun.quant.kernels import Kernels, select_kernels
+from qatrun.quant.kernels import EAGER, Kernels, select_kernels
 from qatrun.quant.modules import QUANTIZED_LAYERS, QuantizedActivation, QuantizedWeightLayer, weight_layout
 from qatrun.quant.registry import build_act_quantizer, build_weight_quantizer
+from qatrun.quant.spec import QuantSpec
 
-ACT_SUFFIX = "_act"
-
-
-def activation_module_name(module_name: str) -> str:
-    """The name of the activation module that follows layer ``module_name``."""
-    return module_name + ACT_SUFFIX
+Q = TypeVar("Q")
 
 
-def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, attr, new)
-
-
-def _find(root: nn.Module, name: str, plan: QuantPlan, what: str) -> nn.Module:
+def _find(root: nn.Module, name: str, what: str, location: Location | None, section: str | None) -> nn.Module:
     try:
-        return root.get_submodule(name)
+        if name:  # "" is the root itself, which no swap can replace
+            return root.get_submodule(name)
     except AttributeError:
-        raise ConfigError(f"{what}: the network has no module {name!r}", plan.location, plan.section) from None
+        pass
+    raise ConfigError(f"{what}: the network has no module {name!r}", location, section)
 
 
-def _quantize_weights(root: nn.Module, name: str, plan: QuantPlan, kernels: Kernels) -> None:
-    assert plan.weight is not None
-    module = _find(root, name, plan, "QWeight")
-    if isinstance(module, QuantizedWeightLayer):
-        raise ConfigError(f"module {name!r} is already quantized", plan.location, plan.section, "QWeight")
-    for float_type, quantized_type in QUANTIZED_LAYERS.items():
-        if isinstance(module, float_type):
-            break
+def _placed(quantizer: Q, like: nn.Module, reference: nn.Module) -> Q:
+    """``quantizer`` with the parameters' device and dtype of ``reference``, in the train/eval mode of ``like``."""
+    assert isinstance(quantizer, nn.Module), type(quantizer)
+    # An activation has no parameter itself: the quantizer's parameter and buffers follow the network's.
+    parameter = next((p for p in reference.parameters() if p.is_floating_point()), None)
+    if parameter is not None:
+        quantizer.to(device=parameter.device, dtype=parameter.dtype)
+    quantizer.train(like.training)
+    return quantizer
+
+
+def quantize_module(
+    root: nn.Module,
+    name: str,
+    spec: QuantSpec,
+    kernels: Kernels = EAGER,
+    *,
+    location: Location | None = None,
+    section: str | None = None,
+) -> nn.Module:
+    """Quantizes the module ``name`` of ``root`` with ``spec``, in place.
+
+    Args:
+        root: the network (any module tree; names as ``root.get_submodule`` reads them, dots included).
+        name: the module to quantize.
+        spec: a weight spec (the module must be a Conv, Linear or ConvTranspose layer, swapped for its
+            quantized version) or an activation spec (the module, any kind, is wrapped in
+            :class:`QuantizedActivation`).
+        kernels: the training step's kernels (:func:`qatrun.quant.select_kernels`).
+        location: where the spec was written, for the errors.
+        section: the INI section it comes from, for the errors.
+
+    Returns:
+        The new module, now at ``name``.
+
+    Raises:
+        ConfigError: no such module, a module already quantized, a layer without weights to quantize.
+    """
+    key = "QWeight" if spec.ROLE == "w" else "QAct"
+    module = _find(root, name, key, location, section)
+    if isinstance(module, (QuantizedWeightLayer, QuantizedActivation)):
+        raise ConfigError(f"module {name!r} is already quantized", location, section, key)
+    new: nn.Module
+    if spec.ROLE == "a":
+        quantizer = _placed(build_act_quantizer(spec, kernels=kernels), module, root)
+        new = QuantizedActivation.from_float(module, quantizer)
     else:
-        raise ConfigError(
-            f"only Conv, Fc and Deconv layers have weights to quantize; {name!r} is a {type(module).__name__}",
-            plan.location, plan.section, "QWeight",
-        )
-    n_out, channel_axis = weight_layout(module)
-    groups = getattr(module, "groups", 1)
-    if channel_axis != 0 and groups != 1 and getattr(plan.weight, "per_channel", False):
-        raise ConfigError("PerChannel=1 is not supported on grouped Deconv layers", plan.location, plan.section)
-    quantizer = build_weight_quantizer(plan.weight, n_out=n_out, channel_axis=channel_axis, kernels=kernels)
-    quantizer.to(device=module.weight.device, dtype=module.weight.dtype)
-    quantizer.train(module.training)
-    _replace(root, name, quantized_type.from_float(module, quantizer))
+        quantized_type = next((q for f, q in QUANTIZED_LAYERS.items() if isinstance(module, f)), None)
+        if quantized_type is None:
+            raise ConfigError(
+                f"only Conv, Fc and Deconv layers have weights to quantize; {name!r} is a {type(module).__name__}",
+                location, section, key,
+            )
+        n_out, channel_axis = weight_layout(module)
+        if channel_axis != 0 and getattr(module, "groups", 1) != 1 and getattr(spec, "per_channel", False):
+            raise ConfigError("PerChannel=1 is not supported on grouped Deconv layers", location, section)
+        built = build_weight_quantizer(spec, n_out=n_out, channel_axis=channel_axis, kernels=kernels)
+        weights = _placed(built, module, module)
+        new = quantized_type.from_float(module, weights)
+    root.set_submodule(name, new)
+    return new
 
 
-def _quantize_activation(root: nn.Module, name: str, plan: QuantPlan, kernels: Kernels) -> None:
-    assert plan.act is not None
-    act_name = activation_module_name(name)
-    act = _find(root, act_name, plan, "QAct")
-    if isinstance(act, QuantizedActivation):
-        raise ConfigError(f"module {act_name!r} is already quantized", plan.location, plan.section, "QAct")
-    quantizer = build_act_quantizer(plan.act, kernels=kernels)
-    # The quantizer's parameter and buffers follow the network's (an activation has no parameter itself).
-    reference = next((p for p in root.parameters() if p.is_floating_point()), None)
-    if reference is not None:
-        quantizer.to(device=reference.device, dtype=reference.dtype)
-    quantizer.train(act.training)
-    _replace(root, act_name, QuantizedActivation.from_float(act, quantizer))
-
-
-def prepare(gm: nn.Module, plans: Mapping[str, QuantPlan], kernels: Kernels | None = None) -> nn.Module:
+def prepare(
+    gm: nn.Module,
+    plans: Mapping[str, QuantPlan],
+    act_names: Mapping[str, str] | None = None,
+    kernels: Kernels | None = None,
+) -> nn.Module:
     """Swaps layers and activations for quantized versions, in place.
 
     Args:
         gm: the float network (a ``torch.fx.GraphModule``), free of quantization.
-        plans: module name -> plan (from :func:`qatrun.quant.plan_for`).
+        plans: module name -> plan (from :func:`qatrun.quant.plan_for`); the plan's weight quantizer goes
+            on that module.
+        act_names: plan name -> the module whose output the plan's activation quantizer quantizes (for an
+            INI network, the builder's ``<name>_act``); needed for every plan with an activation quantizer.
+            None (until ``qatrun.pipeline`` and the other callers name them): ``<name>_act``.
         kernels: the training step's kernels of every quantizer; None: :func:`select_kernels`, that is
             ``QATRUN_KERNELS`` read once, here (``auto`` when unset).
 
@@ -94,12 +125,29 @@ def prepare(gm: nn.Module, plans: Mapping[str, QuantPlan], kernels: Kernels | No
     Raises:
         ConfigError: a named module is missing or has no weights to quantize.
     """
+    if act_names is None:
+        act_names = {name: name + "_act" for name, plan in plans.items() if plan.act is not None}
     kernels = select_kernels() if kernels is None else kernels
     for name, plan in plans.items():
+        where = {"location": plan.location, "section": plan.section}
         if plan.weight is not None:
-            _quantize_weights(gm, name, plan, kernels)
+            quantize_module(gm, name, plan.weight, kernels, **where)
         if plan.act is not None:
-            _quantize_activation(gm, name, plan, kernels)
+            act_name = act_names.get(name)
+            if act_name is None:
+                raise ConfigError(f"QAct: no activation module named for {name!r}", **where)
+            quantize_module(gm, act_name, plan.act, kernels, **where)
+    return gm
+
+
+def use_kernels(gm: nn.Module, kernels: Kernels) -> nn.Module:
+    """Gives every quantizer of ``gm`` the training-step kernels ``kernels``, in place (a network prepared
+    before its run's kernels were known: the summary, a benchmark's variants)."""
+    for module in gm.modules():
+        if isinstance(module, QuantizedWeightLayer):
+            module.weight_quantizer.kernels = kernels
+        elif isinstance(module, QuantizedActivation):
+            module.quantizer.kernels = kernels
     return gm
 
 
@@ -111,7 +159,7 @@ def unprepare(gm: nn.Module) -> nn.Module:
         if isinstance(module, (QuantizedWeightLayer, QuantizedActivation))
     ]
     for name, module in swaps:
-        _replace(gm, name, module.to_float())
+        gm.set_submodule(name, module.to_float())
     return gm
 
 

@@ -25,7 +25,10 @@ from qatrun.quant import (
     SolverPlan,
     describe,
     prepare,
+    quantize_module,
+    select_kernels,
     unprepare,
+    use_kernels,
     WeightQuantizer,
 )
 from qatrun.quant.sat import sat_activation, sat_weight
@@ -92,9 +95,14 @@ PLANS = {
 X = torch.randn(2, 2, 6, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
 
+def _prepare(gm: nn.Module, plans: dict[str, QuantPlan]) -> nn.Module:
+    """``prepare`` with the network builder's names: the activation of layer ``x`` is the module ``x_act``."""
+    return prepare(gm, plans, {name: name + "_act" for name in plans}, kernels=select_kernels("eager"))
+
+
 def test_plain_symbolic_trace_graph_is_prepared():
     gm = fx.symbolic_trace(nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()).double())
-    prepare(gm, {"0": _plan("conv", SATWeightSpec(range=3))})
+    _prepare(gm, {"0": _plan("conv", SATWeightSpec(range=3))})
     assert isinstance(gm.get_submodule("0"), QuantConv2d) and describe(gm.get_submodule("0")) == "SAT w2"
 
 
@@ -102,7 +110,7 @@ def test_modules_are_swapped_and_share_the_float_parameters():
     gm = _graph()
     conv, fc, deconv = gm.conv1, gm.fc1, gm.deconv1
     before = set(gm.state_dict())
-    prepare(gm, PLANS)
+    _prepare(gm, PLANS)
     assert type(gm.conv1) is QuantConv2d and type(gm.fc1) is QuantLinear
     assert type(gm.deconv1) is QuantConvTranspose2d and type(gm.conv1_act) is QuantizedActivation
     assert type(gm.deconv1_act) is nn.Identity and type(gm.fc1_act) is QuantizedActivation
@@ -121,7 +129,7 @@ def test_modules_are_swapped_and_share_the_float_parameters():
 def test_outputs_equal_a_manual_computation():
     gm = _graph()
     reference = copy.deepcopy(gm)
-    prepare(gm, PLANS)
+    _prepare(gm, PLANS)
     y = gm(X)
     m = reference
     mask = m.conv1.mask
@@ -138,7 +146,7 @@ def test_outputs_equal_a_manual_computation():
 
 
 def test_masking_is_kept():
-    gm = prepare(_graph(), PLANS)
+    gm = _prepare(_graph(), PLANS)
     wq = gm.conv1.quantized_weight()
     assert torch.all(wq[gm.conv1.mask == 0] == 0)
     before = gm(X)
@@ -156,7 +164,7 @@ def test_to_float_round_trip():
     float_output = gm(X)
     originals = {name: module for name, module in gm.named_modules()}
     state = {key: value.clone() for key, value in gm.state_dict().items()}
-    unprepare(prepare(gm, PLANS))
+    unprepare(_prepare(gm, PLANS))
     for name, module in gm.named_modules():
         assert module is originals[name], name
     assert isinstance(gm.conv1, MaskedConv2d) and gm.conv1.weight is originals["conv1"].weight
@@ -166,7 +174,7 @@ def test_to_float_round_trip():
 
 
 def test_to_float_keeps_parameters_replaced_after_prepare():
-    gm = prepare(_graph(), PLANS)
+    gm = _prepare(_graph(), PLANS)
     gm.fc1.weight = nn.Parameter(torch.zeros_like(gm.fc1.weight))
     float_fc = gm.fc1.to_float()
     assert type(float_fc) is nn.Linear and torch.equal(float_fc.weight, torch.zeros_like(float_fc.weight))
@@ -176,8 +184,8 @@ def test_integer_mode_computes_the_same_layer():
     plans = dict(PLANS)
     plans["conv1"] = _plan("conv1", SATWeightSpec(range=15, integer=True), SATActSpec(range=15, alpha=2.0))
     plans["fc1"] = _plan("fc1", SATWeightSpec(range=255, apply_scaling=True, integer=True))
-    integer = prepare(_graph(), plans)
-    default = prepare(_graph(), {"conv1": PLANS["conv1"], "fc1": _plan("fc1", PLANS["fc1"].weight)})
+    integer = _prepare(_graph(), plans)
+    default = _prepare(_graph(), {"conv1": PLANS["conv1"], "fc1": _plan("fc1", PLANS["fc1"].weight)})
     torch.testing.assert_close(integer.conv1(X), default.conv1(X), rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(integer.fc1(X.reshape(-1)[:128].reshape(1, 128)),
                                default.fc1(X.reshape(-1)[:128].reshape(1, 128)), rtol=1e-13, atol=1e-13)
@@ -188,7 +196,7 @@ def test_integer_mode_computes_the_same_layer():
 
 
 def test_minmax_activation_and_eval_mode():
-    gm = prepare(_graph(), {"fc1": _plan("fc1", act=MinMaxActSpec(range=15))})
+    gm = _prepare(_graph(), {"fc1": _plan("fc1", act=MinMaxActSpec(range=15))})
     assert describe(gm.fc1_act) == "MinMax a4"
     assert not gm.fc1_act.quantizer.training  # follows the float module's mode
 
@@ -203,28 +211,28 @@ def test_minmax_activation_and_eval_mode():
 )
 def test_errors(plans, message):
     with pytest.raises(ConfigError) as caught:
-        prepare(_graph(), plans)
+        _prepare(_graph(), plans)
     assert message in str(caught.value)
 
 
 def test_preparing_twice_is_an_error():
-    gm = prepare(_graph(), PLANS)
+    gm = _prepare(_graph(), PLANS)
     with pytest.raises(ConfigError, match="already quantized"):
-        prepare(gm, PLANS)
+        _prepare(gm, PLANS)
 
 
 def test_integer_mode_linear_adds_the_bias_on_the_last_dimension():
     linear = nn.Linear(4, 3).double()
     plan = _plan("fc", SATWeightSpec(range=15, integer=True))
     float_twin = fx.symbolic_trace(nn.Sequential(copy.deepcopy(linear)))
-    default = prepare(float_twin, {"0": _plan("fc", SATWeightSpec(range=15))})
-    integer = prepare(fx.symbolic_trace(nn.Sequential(linear)), {"0": plan})
+    default = _prepare(float_twin, {"0": _plan("fc", SATWeightSpec(range=15))})
+    integer = _prepare(fx.symbolic_trace(nn.Sequential(linear)), {"0": plan})
     x = torch.randn(2, 5, 4, dtype=torch.float64)  # (N, L, C): channels last
     torch.testing.assert_close(integer(x), default(x), rtol=1e-13, atol=1e-13)
 
 
 def test_hooks_for_the_weights_folders():
-    gm = prepare(_graph(), PLANS)
+    gm = _prepare(_graph(), PLANS)
     assert list(gm.conv1_act.n2d2_files("conv1")) == ["conv1_QAct_SAT_Alpha"]
     gm.conv1_act.load_n2d2_file("conv1_QAct_SAT_Alpha", torch.tensor([4.0]))
     assert float(gm.conv1_act.quantizer.alpha.detach()) == 4.0
@@ -235,7 +243,7 @@ def test_hooks_for_the_weights_folders():
 
 
 def test_a_prepared_graph_deep_copies_and_converts_back():
-    gm = prepare(_graph(), PLANS)
+    gm = _prepare(_graph(), PLANS)
     twin = copy.deepcopy(gm)
     assert torch.equal(twin(X), gm(X))
     unprepare(twin)
@@ -243,8 +251,77 @@ def test_a_prepared_graph_deep_copies_and_converts_back():
     assert torch.equal(twin.conv1.weight, gm.conv1.weight) and torch.equal(twin.conv1.mask, gm.conv1.mask)
 
 
+# ----------------------------------------------------------------------------------------------------
+# One module at a time, by its name: a network of one's own
+
+
+class Block(nn.Module):
+    """A network not built from an INI: nested names, an activation that is not followed by a quantizer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU()))
+        self.head = nn.Linear(3 * 4 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x).flatten(1))
+
+
+def test_modules_are_quantized_by_their_dotted_names():
+    torch.manual_seed(0)
+    model = Block().double()
+    reference = copy.deepcopy(model)
+    original = model.features[2][0]
+    eager = select_kernels("eager")
+    conv = quantize_module(model, "features.2.0", SATWeightSpec(range=15), eager)
+    act = quantize_module(model, "features.2.1", SATActSpec(range=15, alpha=2.0), eager)
+    assert model.features[2][0] is conv and type(conv) is QuantConv2d and conv.weight is original.weight
+    assert model.features[2][1] is act and type(act.act) is nn.ReLU and act.quantizer.kernels is eager
+    y = model(X)
+    x = reference.features[:2](X)
+    x = F.conv2d(x, sat_weight(reference.features[2][0].weight, 15), reference.features[2][0].bias)
+    x = sat_activation(F.relu(x), torch.tensor(2.0, dtype=torch.float64), 15)
+    assert torch.equal(y, reference.head(x.flatten(1)))
+    unprepare(model)
+    assert type(model.features[2][0]) is nn.Conv2d and type(model.features[2][1]) is nn.ReLU
+    assert torch.equal(model(X), reference(X))
+
+
+@pytest.mark.parametrize(
+    "name,spec,message",
+    [
+        ("features.9", SATWeightSpec(), "QWeight: the network has no module 'features.9'"),
+        ("features.1", SATWeightSpec(), "QWeight: only Conv, Fc and Deconv layers have weights to quantize; "
+                                        "'features.1' is a ReLU"),
+        ("", SATActSpec(), "QAct: the network has no module ''"),
+    ],
+)
+def test_quantize_module_errors(name, spec, message):
+    with pytest.raises(ConfigError) as caught:
+        quantize_module(Block(), name, spec)
+    assert str(caught.value) == message
+
+
+def test_prepare_wraps_the_modules_it_is_told_to():
+    gm = _graph()
+    plans = {"deconv1": _plan("deconv1", LSQWeightSpec(range=15), SATActSpec(range=15))}
+    prepare(gm, plans, {"deconv1": "flatten"}, kernels=select_kernels("eager"))
+    assert type(gm.flatten) is QuantizedActivation and type(gm.deconv1_act) is nn.Identity
+    with pytest.raises(ConfigError, match=r"\[conv1\] QAct: no activation module named for 'conv1'"):
+        prepare(_graph(), {"conv1": PLANS["conv1"]}, {}, kernels=select_kernels("eager"))
+
+
+def test_use_kernels_gives_every_quantizer_the_value():
+    gm = _prepare(_graph(), PLANS)
+    fused = select_kernels("compiled", device="meta")
+    use_kernels(gm, fused)
+    quantizers = [m.weight_quantizer for m in (gm.conv1, gm.deconv1, gm.fc1)] + [gm.conv1_act.quantizer]
+    assert all(q.kernels is fused for q in quantizers)
+    assert copy.deepcopy(gm).conv1.weight_quantizer.kernels is fused
+
+
 def test_quantizers_and_their_layers_satisfy_the_protocols():
-    gm = prepare(_graph(), PLANS)
+    gm = _prepare(_graph(), PLANS)
     for name in ("conv1", "deconv1", "fc1"):
         module = gm.get_submodule(name)
         assert isinstance(module, HoldsN2D2Files) and isinstance(module.weight_quantizer, WeightQuantizer)
