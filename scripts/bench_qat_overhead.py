@@ -11,17 +11,17 @@ Networks (random initial weights from the INI's fillers, with a fixed seed; real
 * ResNet-20: ``models/ResNet20-cifar10-W4A4.ini`` when it exists, else ``models/ResNet20-cifar10.ini`` with
   SAT W4A4 applied through ``-set``-style overrides (the recipe of ``scripts/bench_onnx.py``: 4-bit weights,
   8-bit stem and classifier, a 4-bit SAT quantizer after every BatchNorm and every residual sum; batch 128),
-  on the CIFAR-10 subset (``N2D2_DATA``, default ``/work/shared/data``).
+  on the CIFAR-10 subset (``N2D2_DATA``, default ``../shared/data`` beside the repository).
 
 Three variants of each network, each built by ``qatrun.pipeline.build_network`` with the same seed:
 
 * float: the QAT network with its quantizers swapped back out (``quant.unprepare``): the same graph, the
   same layers and initial weights, no quantizer; where a SAT activation quantizer was the ReLU (its clip at
   0 after a ``Linear`` activation, the QAT INIs' convention), a ``nn.ReLU`` takes its place;
-* qatrun QAT: the network as the INI describes it, with the process's ``QATRUN_KERNELS`` (default ``auto``:
-  the fused quantizer kernels of ``qatrun.quant.kernels``, native C++ on the CPU, built once per machine;
-  the first step, untimed, loads them); ``--eager`` adds the same network with ``QATRUN_KERNELS=eager`` as a
-  fourth variant;
+* qatrun QAT: the network as the INI describes it, its quantizers given the kernels of
+  ``quant.select_kernels()`` (the process's ``QATRUN_KERNELS``, default ``auto``: the fused quantizer kernels
+  of ``qatrun.quant.kernels``, native C++ on the CPU, built when qatrun was installed); ``--eager`` adds the
+  same network on ``quant.select_kernels("eager")`` as a fourth variant;
 * torch.ao: the float network made plain for torch.ao (the ``Identity`` modules of N2D2's ``Linear``
   activations removed, so that Conv-BatchNorm(-ReLU) fuse, and unit-weight ElemWise sums turned into
   ``+``), then FX-mode QAT: ``prepare_qat_fx`` with ``get_default_qat_qconfig_mapping("x86")`` (8-bit fused
@@ -46,14 +46,13 @@ the code alone.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import operator
 import os
 import statistics
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +73,7 @@ from qatrun.net.layers import ElemWise  # noqa: E402
 
 SEED = 1
 MODELS = common.ROOT / "models"
+DATA = common.ROOT.parent / "shared" / "data"  # the default N2D2_DATA: the shared data beside the repository
 SAT_ACT = ("QAct=SAT", "QAct.Range=15", "QAct.Alpha=4.0")
 RESNET_SUMS = [f"res{stage}.{block}_sum" for stage in (1, 2, 3) for block in (1, 2, 3)]
 RESNET_W4A4 = (  # the same recipe as scripts/bench_onnx.py
@@ -83,7 +83,7 @@ RESNET_W4A4 = (  # the same recipe as scripts/bench_onnx.py
     + ["[fc]QWeight=SAT", "[fc]QWeight.Range=255", "[fc]QWeight.ApplyScaling=1"]
 )
 VARIANTS = ("float", "qatrun-QAT", "torch.ao")
-EAGER = "qatrun-eager"  # --eager: qatrun's QAT with QATRUN_KERNELS=eager (no fused quantizer kernels)
+EAGER = "qatrun-eager"  # --eager: qatrun's QAT on the eager kernels (no fused quantizer kernels)
 
 
 def network_recipes() -> dict[str, tuple[Path, list[str]]]:
@@ -155,11 +155,12 @@ def float_trainee(ini: Path, overrides: list[str]) -> Trainee:
     return Trainee(model, optimizer, f"quant.unprepare of the QAT network, {relus} SAT clips as ReLU")
 
 
-def qat_trainee(ini: Path, overrides: list[str]) -> Trainee:
+def qat_trainee(ini: Path, overrides: list[str], kernels: quant.Kernels) -> Trainee:
     network = build(ini, overrides)
+    quant.use_kernels(network.gm, kernels)
     optimizer = train.N2D2Optimizer(train.group_by_solver(network.solvers), network.spec.batch_size)
     quantizers = sum(1 for m in network.gm.modules() if quant.describe(m) is not None)
-    return Trainee(network.gm, optimizer, f"{quantizers} qatrun quantizers")
+    return Trainee(network.gm, optimizer, f"{quantizers} qatrun quantizers, {kernels.describe()} kernels")
 
 
 def plain_for_torch_ao(gm: fx.GraphModule) -> tuple[fx.GraphModule, str]:
@@ -201,21 +202,6 @@ def torch_ao_trainee(ini: Path, overrides: list[str], example: torch.Tensor) -> 
                    + (f"; {unmatched} parameters without an INI solver" if unmatched else ""))
 
 
-@contextlib.contextmanager
-def kernels_for(variant: str) -> Iterator[None]:
-    """``QATRUN_KERNELS=eager`` while the eager variant runs, the process's own setting otherwise."""
-    saved = os.environ.get("QATRUN_KERNELS")
-    if variant == EAGER:
-        os.environ["QATRUN_KERNELS"] = "eager"
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("QATRUN_KERNELS", None)
-        else:
-            os.environ["QATRUN_KERNELS"] = saved
-
-
 def step(trainee: Trainee, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     """One training step as ``train.learn`` takes it: forward, loss / B, backward, N2D2 update."""
     out = trainee.model(x)
@@ -250,7 +236,8 @@ def read_batches(network: pipeline.Network, count: int) -> list[tuple[torch.Tens
     return batches
 
 
-def bench_network(name: str, ini: Path, overrides: list[str], args: argparse.Namespace) -> dict:
+def bench_network(name: str, ini: Path, overrides: list[str], args: argparse.Namespace, kernels: quant.Kernels,
+                  ) -> dict:
     print(f"\n== {name}: {ini.name}" + (f" with {len(overrides)} overrides" if overrides else ""), flush=True)
     network = build(ini, overrides)
     batch_size = network.spec.batch_size
@@ -259,9 +246,9 @@ def bench_network(name: str, ini: Path, overrides: list[str], args: argparse.Nam
     print(f"   {len(batches)} batches of {batch_size} read in {common.now() - start:.1f} s", flush=True)
     makers: dict[str, Callable[[], Trainee]] = {
         "float": lambda: float_trainee(ini, overrides),
-        "qatrun-QAT": lambda: qat_trainee(ini, overrides),
+        "qatrun-QAT": lambda: qat_trainee(ini, overrides, kernels),
         "torch.ao": lambda: torch_ao_trainee(ini, overrides, batches[0][0][:2]),
-        EAGER: lambda: qat_trainee(ini, overrides),
+        EAGER: lambda: qat_trainee(ini, overrides, quant.select_kernels("eager")),
     }
     variants = VARIANTS + ((EAGER,) if args.eager else ())
     trainees = {v: makers[v]() for v in variants}
@@ -271,9 +258,8 @@ def bench_network(name: str, ini: Path, overrides: list[str], args: argparse.Nam
     # Warm-up (first-call costs), then a per-step estimate that fixes the step count.
     estimate = {}
     for v, t in trainees.items():
-        with kernels_for(v):
-            timed_steps(t, batches, 2, batch_size, [])
-            estimate[v] = timed_steps(t, batches, 2, batch_size, []) / 2
+        timed_steps(t, batches, 2, batch_size, [])
+        estimate[v] = timed_steps(t, batches, 2, batch_size, []) / 2
     steps = args.steps or max(3, math.ceil(args.target_seconds / estimate["float"]))
     print("   per-step estimate: " + ", ".join(f"{v} {s * 1e3:.0f} ms" for v, s in estimate.items())
           + f" -> {steps} steps per measurement", flush=True)
@@ -284,9 +270,8 @@ def bench_network(name: str, ini: Path, overrides: list[str], args: argparse.Nam
         # Every measurement starts from the initial weights: the same computation each time, and no drift
         # into a diverged state (torch.ao's fused Conv-BatchNorm diverges on these solvers after ~40 steps).
         trainees[variant] = makers[variant]()
-        with kernels_for(variant):
-            timed_steps(trainees[variant], batches, 1, batch_size, [])  # the new modules' first call, untimed
-            return timed_steps(trainees[variant], batches, steps, batch_size, cpu[variant])
+        timed_steps(trainees[variant], batches, 1, batch_size, [])  # the new modules' first call, untimed
+        return timed_steps(trainees[variant], batches, steps, batch_size, cpu[variant])
 
     times = common.interleaved([(v, lambda v=v: measure(v)) for v in variants], args.repetitions,
                                label=f"{name} ")
@@ -306,7 +291,7 @@ def bench_network(name: str, ini: Path, overrides: list[str], args: argparse.Nam
         "qat_over_torch_ao": common.ratio_figures(times["qatrun-QAT"], times["torch.ao"]),
         "cpu_qat_over_float": common.ratio_figures(cpu["qatrun-QAT"], cpu["float"]),
         "cpu_torch_ao_over_float": common.ratio_figures(cpu["torch.ao"], cpu["float"]),
-        "kernels": os.environ.get("QATRUN_KERNELS", "auto"),
+        "kernels": kernels.describe(),
     }
     if args.eager:
         result["eager_over_float"] = common.ratio_figures(times[EAGER], times["float"])
@@ -359,7 +344,7 @@ def report(results: dict[str, dict]) -> None:
               f"torch.ao/float {ca['median_of_ratios']:.3f}")
         if "eager_over_float" in r:
             e = r["eager_over_float"]
-            print(f"{name}: qatrun QAT with QATRUN_KERNELS=eager over float {e['median_of_ratios']:.3f} "
+            print(f"{name}: qatrun QAT on the eager kernels over float {e['median_of_ratios']:.3f} "
                   f"(per rep {', '.join(f'{x:.3f}' for x in e['ratios'])})")
 
 
@@ -372,13 +357,15 @@ def main() -> int:
     parser.add_argument("--repetitions", type=int, default=3, help="interleaved repetitions [3]")
     parser.add_argument("--batches", type=int, default=16, help="distinct batches read and cycled [16]")
     parser.add_argument("--eager", action="store_true",
-                        help="also time qatrun's QAT with QATRUN_KERNELS=eager (the unfused quantizer kernels)")
+                        help="also time qatrun's QAT on the eager kernels (the unfused quantizer functions)")
     parser.add_argument("--profile", action="store_true", help="profile the float and QAT steps afterwards")
     parser.add_argument("--threads", type=int, default=0, help="torch threads [torch's default]")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.environ.setdefault("N2D2_DATA", "/work/shared/data")
+    os.environ.setdefault("N2D2_DATA", str(DATA))
+    kernels = quant.select_kernels()  # the process's QATRUN_KERNELS (default auto), read once
+    print(f"qatrun QAT kernels: {kernels.describe()}", flush=True)
 
     load_start = common.say_load("start")
     env = common.environment()
@@ -386,7 +373,7 @@ def main() -> int:
     results = {}
     for name in args.networks.split(","):
         ini, overrides = recipes[name]
-        results[name] = bench_network(name, ini, overrides, args)
+        results[name] = bench_network(name, ini, overrides, args, kernels)
     load_end = common.say_load("end")
     report(results)
     common.write_json("bench_qat_overhead.json", {
