@@ -179,7 +179,9 @@ class Kernels:
     def _compiled(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         compiled = self._cache.compiled.get(fn)
         if compiled is None:
-            compiled = torch.compile(fn, dynamic=True, fullgraph=True, recompile_limit=RECOMPILE_LIMIT)
+            compiled = torch.compile(  # type: ignore[call-overload]  # torch 2.13's overloads omit recompile_limit
+                fn, dynamic=True, fullgraph=True, recompile_limit=RECOMPILE_LIMIT
+            )
             self._cache.compiled[fn] = compiled
         return compiled
 

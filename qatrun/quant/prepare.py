@@ -129,14 +129,13 @@ def prepare(
         act_names = {name: name + "_act" for name, plan in plans.items() if plan.act is not None}
     kernels = select_kernels() if kernels is None else kernels
     for name, plan in plans.items():
-        where = {"location": plan.location, "section": plan.section}
         if plan.weight is not None:
-            quantize_module(gm, name, plan.weight, kernels, **where)
+            quantize_module(gm, name, plan.weight, kernels, location=plan.location, section=plan.section)
         if plan.act is not None:
             act_name = act_names.get(name)
             if act_name is None:
-                raise ConfigError(f"QAct: no activation module named for {name!r}", **where)
-            quantize_module(gm, act_name, plan.act, kernels, **where)
+                raise ConfigError(f"QAct: no activation module named for {name!r}", plan.location, plan.section)
+            quantize_module(gm, act_name, plan.act, kernels, location=plan.location, section=plan.section)
     return gm
 
 

@@ -8,9 +8,8 @@ built as ``cls(spec, n_out=..., channel_axis=..., kernels=...)``, an activation 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-
-from torch import nn
 
 from qatrun.errors import ConfigError
 from qatrun.quant.kernels import EAGER, Kernels
@@ -23,13 +22,14 @@ from qatrun.quant.spec import QuantSpec
 
 @dataclass(frozen=True)
 class Method:
-    """One quantization method: spec and module classes for weights and activations."""
+    """One quantization method: spec and module classes for weights and activations (the module classes'
+    instances are ``nn.Module`` s satisfying the protocols)."""
 
     name: str
     weight_spec: type[QuantSpec]
-    weight_quantizer: type[nn.Module]
+    weight_quantizer: Callable[..., WeightQuantizer]
     act_spec: type[QuantSpec]
-    act_quantizer: type[nn.Module]
+    act_quantizer: Callable[..., ActivationQuantizer]
 
 
 METHODS: dict[str, Method] = {}
@@ -71,14 +71,10 @@ def build_weight_quantizer(
 ) -> WeightQuantizer:
     """The weight quantizer module for ``spec``, for a layer with SAT fan ``n_out``."""
     assert spec.ROLE == "w", spec
-    quantizer: WeightQuantizer = _method_of(spec).weight_quantizer(
-        spec, n_out=n_out, channel_axis=channel_axis, kernels=kernels
-    )
-    return quantizer
+    return _method_of(spec).weight_quantizer(spec, n_out=n_out, channel_axis=channel_axis, kernels=kernels)
 
 
 def build_act_quantizer(spec: QuantSpec, *, kernels: Kernels = EAGER) -> ActivationQuantizer:
     """The activation quantizer module for ``spec``."""
     assert spec.ROLE == "a", spec
-    quantizer: ActivationQuantizer = _method_of(spec).act_quantizer(spec, kernels=kernels)
-    return quantizer
+    return _method_of(spec).act_quantizer(spec, kernels=kernels)
