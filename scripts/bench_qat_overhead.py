@@ -13,7 +13,7 @@ Networks (random initial weights from the INI's fillers, with a fixed seed; real
   8-bit stem and classifier, a 4-bit SAT quantizer after every BatchNorm and every residual sum; batch 128),
   on the CIFAR-10 subset (``N2D2_DATA``, default ``../shared/data`` beside the repository).
 
-Three variants of each network, each built by ``qatrun.pipeline.build_network`` with the same seed:
+Three variants of each network, each built by ``qatrun.load`` with the same seed:
 
 * float: the QAT network with its quantizers swapped back out (``quant.unprepare``): the same graph, the
   same layers and initial weights, no quantizer; where a SAT activation quantizer was the ReLU (its clip at
@@ -68,7 +68,8 @@ from torch import fx, nn  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as common  # noqa: E402
 
-from qatrun import pipeline, quant, train  # noqa: E402
+import qatrun  # noqa: E402
+from qatrun import quant, train  # noqa: E402
 from qatrun.net.layers import ElemWise  # noqa: E402
 
 SEED = 1
@@ -103,14 +104,11 @@ class Trainee:
     note: str
 
 
-def build(ini: Path, overrides: list[str]) -> pipeline.Network:
-    torch.manual_seed(SEED)
-    network = pipeline.build_network(str(ini), overrides)
-    network.doc.check_strict()
-    return network
+def build(ini: Path, overrides: list[str], kernels: quant.Kernels | str = "eager") -> qatrun.Network:
+    return qatrun.load(ini, overrides, seed=SEED, kernels=kernels)
 
 
-def optimizer_for(model: nn.Module, network: pipeline.Network) -> tuple[train.N2D2Optimizer, int]:
+def optimizer_for(model: nn.Module, network: qatrun.Network) -> tuple[train.N2D2Optimizer, int]:
     """The INI's solvers for the model's parameters (matched by identity); unmatched ones take the first solver.
 
     Returns:
@@ -126,7 +124,7 @@ def optimizer_for(model: nn.Module, network: pipeline.Network) -> tuple[train.N2
     return train.N2D2Optimizer(train.group_by_solver(triples), network.spec.batch_size), unmatched
 
 
-def float_network(network: pipeline.Network) -> tuple[fx.GraphModule, int]:
+def float_network(network: qatrun.Network) -> tuple[fx.GraphModule, int]:
     """The QAT network without its quantizers, in place: ``quant.unprepare``, then a ReLU wherever a SAT
     activation quantizer followed a ``Linear`` activation (its clip at 0 is the network's ReLU there; without
     it the float network would have no non-linearity at all).
@@ -156,8 +154,7 @@ def float_trainee(ini: Path, overrides: list[str]) -> Trainee:
 
 
 def qat_trainee(ini: Path, overrides: list[str], kernels: quant.Kernels) -> Trainee:
-    network = build(ini, overrides)
-    quant.use_kernels(network.gm, kernels)
+    network = build(ini, overrides, kernels)
     optimizer = train.N2D2Optimizer(train.group_by_solver(network.solvers), network.spec.batch_size)
     quantizers = sum(1 for m in network.gm.modules() if quant.describe(m) is not None)
     return Trainee(network.gm, optimizer, f"{quantizers} qatrun quantizers, {kernels.describe()} kernels")
@@ -226,7 +223,7 @@ def timed_steps(trainee: Trainee, batches: list[tuple[torch.Tensor, torch.Tensor
     return seconds
 
 
-def read_batches(network: pipeline.Network, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def read_batches(network: qatrun.Network, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     provider = network.spec.open(SEED)
     batches = []
     for x, y in provider.loader("Learn", True, epoch=0):

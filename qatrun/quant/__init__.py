@@ -31,7 +31,7 @@ from qatrun.quant.modules import (
     QuantizedWeightLayer,
     QuantLinear,
 )
-from qatrun.quant.prepare import describe, prepare, quantize_module, unprepare, use_kernels
+from qatrun.quant.prepare import describe, prepare, quantize_module, unprepare
 from qatrun.quant.protocols import ActivationQuantizer, HoldsN2D2Files, WeightQuantizer
 from qatrun.quant.registry import METHODS, Method, build_act_quantizer, build_weight_quantizer, method
 from qatrun.quant.sat import SATActivationQuantizer, SATActSpec, SATWeightQuantizer, SATWeightSpec
@@ -74,5 +74,4 @@ __all__ = [
     "quantize_module",
     "select_kernels",
     "unprepare",
-    "use_kernels",
 ]

@@ -139,17 +139,6 @@ def prepare(
     return gm
 
 
-def use_kernels(gm: nn.Module, kernels: Kernels) -> nn.Module:
-    """Gives every quantizer of ``gm`` the training-step kernels ``kernels``, in place (a network prepared
-    before its run's kernels were known: the summary, a benchmark's variants)."""
-    for module in gm.modules():
-        if isinstance(module, QuantizedWeightLayer):
-            module.weight_quantizer.kernels = kernels
-        elif isinstance(module, QuantizedActivation):
-            module.quantizer.kernels = kernels
-    return gm
-
-
 def unprepare(gm: nn.Module) -> nn.Module:
     """Swaps every quantized module back to its float original, in place (the inverse of :func:`prepare`)."""
     swaps = [

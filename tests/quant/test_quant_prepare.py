@@ -28,7 +28,6 @@ from qatrun.quant import (
     quantize_module,
     select_kernels,
     unprepare,
-    use_kernels,
     WeightQuantizer,
 )
 from qatrun.quant.sat import sat_activation, sat_weight
@@ -311,10 +310,9 @@ def test_prepare_wraps_the_modules_it_is_told_to():
         prepare(_graph(), {"conv1": PLANS["conv1"]}, {}, kernels=select_kernels("eager"))
 
 
-def test_use_kernels_gives_every_quantizer_the_value():
-    gm = _prepare(_graph(), PLANS)
+def test_every_quantizer_holds_the_kernels_it_was_given():
     fused = select_kernels("compiled", device="meta")
-    use_kernels(gm, fused)
+    gm = prepare(_graph(), PLANS, {name: name + "_act" for name in PLANS}, kernels=fused)
     quantizers = [m.weight_quantizer for m in (gm.conv1, gm.deconv1, gm.fc1)] + [gm.conv1_act.quantizer]
     assert all(q.kernels is fused for q in quantizers)
     assert copy.deepcopy(gm).conv1.weight_quantizer.kernels is fused
