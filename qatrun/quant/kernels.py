@@ -217,7 +217,8 @@ def select_kernels(mode: str | None = None, device: torch.device | str = "cpu") 
         The value to give ``quant.prepare`` (``kernels=``); ``describe()`` names it for the run's record.
 
     Raises:
-        RunError: an unknown mode, naming where it came from and the valid ones.
+        RunError: an unknown mode, naming where it came from and the valid ones; in ``compiled`` mode, a
+            native build that does not import.
     """
     origin = ENV if mode is None else "kernels"
     if mode is None:
