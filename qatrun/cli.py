@@ -11,21 +11,13 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from qatrun import __version__
-from qatrun.errors import QatrunError
-
-ROUND_MODES = ("NONE", "RINTF")
-# Floating-point32: onnxruntime QLinearConv arithmetic, for a fast integer-only ONNX (qatrun.fuse.scaling)
-RESCALING_MODES = ("Floating-point", "Fixed-point16", "Fixed-point32", "Single-shift", "Double-shift",
-                   "Floating-point32")
-EXPORT_FORMATS = ("onnx", "onnx-qdq", "onnx-int")
-VALID_METRICS = (
-    "Sensitivity", "Specificity", "Precision", "NegativePredictiveValue", "MissRate", "FallOut",
-    "FalseDiscoveryRate", "FalseOmissionRate", "IU", "Accuracy", "F1Score", "Informedness", "Markedness",
-)
-
+from qatrun.errors import QatrunError, RunError
+from qatrun.options import EXPORT_KINDS, FUSE_FLAVOURS, KERNEL_MODES, METRICS, RESCALING_MODES, ROUND_MODES
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option as a user error (one line, exit 2) instead of printing usage."""
@@ -57,13 +49,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override an INI value (repeatable), e.g. -set '[conv1]NbOutputs=32' or -set '$LR=0.1'")
     g.add_argument("-seed", type=int, default=0, help="random seed; 0 = time-based, written to seed.dat [0]")
     g.add_argument("-dev", type=int, default=None, help="CUDA device; -1 = CPU [the first GPU, else the CPU]")
+    g.add_argument("-kernels", choices=KERNEL_MODES, default=None,
+                   help="quantizer training kernels: auto (native where they build), compiled (a build failure "
+                        "is an error), eager [QATRUN_KERNELS, else auto]")
     g.add_argument("-debug", action="store_true", help="show a traceback on errors")
     t = p.add_argument_group("learning")
     t.add_argument("-learn", type=int, default=0, metavar="N", help="learn on N stimuli")
     t.add_argument("-learn-epoch", type=int, default=0, metavar="N", help="learn for N epochs")
     t.add_argument("-log", type=int, default=1000, metavar="N", help="stimuli between validations with -learn [1000]")
     t.add_argument("-log-epoch", type=int, default=1, metavar="N", help="epochs between validations [1]")
-    t.add_argument("-valid-metric", default="Sensitivity", choices=VALID_METRICS, metavar="METRIC",
+    t.add_argument("-valid-metric", default="Sensitivity", choices=METRICS, metavar="METRIC",
                    help="validation score for best-model selection [Sensitivity]")
     t.add_argument("-stop-valid", type=int, default=0, metavar="N",
                    help="stop after N validations without improvement (0 = never) [0]")
@@ -74,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-qat-fuse", "-qat-sat", dest="qat_fuse", action="store_true",
                    help="fuse the quantized network into an integer-only one, verify it, test it")
     q.add_argument("-fuse", action="store_true", help="fold BatchNorm (float); means -qat-fuse with quantizers")
-    q.add_argument("-fuse-flavour", choices=("exact", "n2d2"), default="exact",
+    q.add_argument("-fuse-flavour", choices=FUSE_FLAVOURS, default="exact",
                    help="exact: the integer network computes what was trained [exact]; n2d2: N2D2's own "
                         "fusion, with its rounding modes and its 8-bit Fc saturation")
     q.add_argument("-wt-round-mode", choices=ROUND_MODES, default="NONE", help="weights rounding [NONE]")
@@ -82,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-c-round-mode", choices=ROUND_MODES, default="NONE", help="clips rounding [NONE]")
     q.add_argument("-act-rescaling-mode", choices=RESCALING_MODES, default="Floating-point",
                    metavar="MODE", help="rescaling: " + ", ".join(RESCALING_MODES) + " [Floating-point]")
-    q.add_argument("-export", action="append", default=[], choices=EXPORT_FORMATS, metavar="FMT",
-                   help="write an export (repeatable): " + ", ".join(EXPORT_FORMATS))
+    q.add_argument("-export", action="append", default=[], choices=EXPORT_KINDS, metavar="FMT",
+                   help="write an export (repeatable): " + ", ".join(EXPORT_KINDS))
     q.add_argument("-test-onnx", metavar="FILE", help="test an ONNX file in onnxruntime with the INI's data")
     return p
 
@@ -116,9 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         apply_openmp_defaults()
-        from qatrun import pipeline  # imported here so that -h answers without loading torch
-
-        return pipeline.run(args)
+        return run(args)
     except QatrunError as err:
         if debug:
             traceback.print_exc()
@@ -127,3 +120,109 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+# ------------------------------------------------------------------------------------------------ the run
+# Each step is one call of the public API (qatrun.network); what is printed comes from what it returns.
+
+
+def run(args: argparse.Namespace) -> int:
+    """Runs what the command line asks for; returns the exit status (3: a check failed)."""
+    import qatrun  # here, so that -h and -version answer without loading torch
+
+    learning = bool(args.learn or args.learn_epoch)
+    acting = learning or args.test or args.qat_fuse or args.fuse or args.export or args.test_onnx
+    if not acting:
+        print(qatrun.load(args.ini, args.set, kernels=args.kernels).summary())
+        return 0
+    out_dir = Path(".")
+    with qatrun.Session.start(args.dev) as session:
+        seed = qatrun.resolve_seed(args.seed, out_dir, learning)
+        network = qatrun.load(args.ini, args.set, seed=seed, kernels=args.kernels, device=session.device)
+        network.target  # noqa: B018 - one target, checked before any data is read
+        say = session.say
+        say(network.summary())
+        say(f"Using seed {seed} on {session.device}")
+        data = network.open_data()
+        for part, label in (("Learn", "Learning"), ("Validation", "Validation"), ("Test", "Testing")):
+            say(f"{label} database size: {data.size(part)} images")
+        if session.is_main:
+            network.write_record(out_dir)
+        network.to(session.device)
+        if args.w and args.w != "/dev/null":
+            network.load_weights(args.w, ignore_missing=True)
+            say(f"Weights imported from '{args.w}'")
+        if learning:
+            network.learn(data, epochs=args.learn_epoch, stimuli=args.learn, out_dir=out_dir,
+                          log_epoch=args.log_epoch, log_stimuli=args.log, valid_metric=args.valid_metric,
+                          stop_valid=args.stop_valid, resume=args.l, say=say)  # tests too
+        else:
+            if not args.w and not args.l:
+                _reload_saved(network, data, out_dir)
+            if args.test and not (args.qat_fuse or args.fuse):
+                _say_lines(say, network.test(data).test_lines())
+        if not session.is_main:
+            return 0  # fusion, verification and export run once, on rank 0
+        return _fuse_and_export(args, network, data, out_dir, say)
+
+
+def _say_lines(say: Callable[[str], None], lines: Sequence[str]) -> None:
+    for line in lines:
+        say(line)
+
+
+def _reload_saved(network: Any, data: Any, out_dir: Path) -> None:
+    """N2D2: a test without -w reloads ``weights_validation/`` (with a Validation set) or ``weights/``."""
+    folder = network.load_saved_weights(data, out_dir)
+    if folder is not None:
+        print(f"Weights imported from '{folder}'")
+    else:
+        name = "weights_validation" if data.size("Validation") > 0 else "weights"
+        print(f"Notice: no '{out_dir / name}' folder: testing the initial weights", file=sys.stderr)
+
+
+def _fuse_and_export(args: argparse.Namespace, network: Any, data: Any, out_dir: Path,
+                     say: Callable[[str], None]) -> int:
+    """``-qat-fuse`` / ``-fuse``, ``-export``, ``-test-onnx``."""
+    import qatrun
+
+    status = 0
+    integer = None
+    if args.qat_fuse or (args.fuse and network.quantized) or "onnx-int" in args.export:
+        options = qatrun.FuseOptions(
+            flavour=args.fuse_flavour, rescaling=args.act_rescaling_mode, weights_rounding=args.wt_round_mode,
+            biases_rounding=args.b_round_mode, clips_rounding=args.c_round_mode,
+        )
+        integer = network.fuse(options)
+        say("Integer-only network:")
+        say(integer.report.summary())
+        say(f"    '{integer.save(out_dir / 'weights_quantized')}' saved!")
+        check = integer.verify(data)
+        say(str(check))
+        (out_dir / "fusion_report.txt").write_text(f"{check}\n\n{integer.report.summary()}\n")
+        if args.test:
+            _say_lines(say, integer.test(data).test_lines())
+        if not check.ok:
+            print("error: the integer network does not compute what the fake-quantized network computes "
+                  "within the bound of the rescaling mode (see fusion_report.txt)", file=sys.stderr)
+            status = 3
+    elif args.fuse:
+        folded, pairs = network.fold_batchnorm()
+        say(f"BatchNorm folded into {len(pairs)} layer(s)")
+        if args.test:
+            _say_lines(say, qatrun.train.test(folded, data.loader("Test", False)).test_lines())
+    stem = Path(args.ini).stem
+    names = {"onnx": f"{stem}.onnx", "onnx-qdq": f"{stem}-qdq.onnx", "onnx-int": f"{stem}-int.onnx"}
+    if "onnx-qdq" in args.export and not network.quantized:
+        raise RunError("-export onnx-qdq needs a quantized network (QWeight= / QAct= in the INI)")
+    for kind in dict.fromkeys(args.export):
+        report = network.export(kind, out_dir / names[kind], data, integer)
+        say(report.summary())
+        if not report.ok:
+            print(f"error: {names[kind]} does not compute what qatrun computes (see above)", file=sys.stderr)
+            status = 3
+    if args.test_onnx:
+        metrics = qatrun.test_onnx(args.test_onnx, data)
+        say(f"Testing '{args.test_onnx}' in onnxruntime:")
+        _say_lines(say, metrics.test_lines())
+    return status

@@ -52,7 +52,8 @@ from torch import fx, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qatrun import data, export, ini, net, pipeline, quant  # noqa: E402
+import qatrun  # noqa: E402
+from qatrun import data, export, ini, net, quant  # noqa: E402
 from qatrun.fuse import FuseOptions, integerize  # noqa: E402
 
 KINDS = {"float": "onnx", "qdq": "onnx-qdq", "int": "onnx-int", "int-fp32": "onnx-int"}
@@ -88,7 +89,7 @@ def build(path: Path, overrides: list[str]) -> tuple[fx.GraphModule, tuple[int, 
     spec.inject_epoch_size(1)  # solver schedules may refer to [sp]_EpochSize; nothing here learns or reads data
     shape = spec.input_shape
     gm = net.build(doc, shape)
-    gm = quant.prepare(gm, pipeline.quant_plans(doc, gm))
+    gm = quant.prepare(gm, qatrun.quant_plans(doc, gm), act_names=qatrun.network.activation_names(gm))
     for module in gm.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # cumulative averages over the calibration batches

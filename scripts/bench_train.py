@@ -4,13 +4,13 @@
     .venv/bin/python scripts/bench_train.py                        # 3 full epochs each, bench_train.json
     .venv/bin/python scripts/bench_train.py --epochs-fraction 0.2  # a fifth of an epoch, for a quick look
 
-Model: ``models/LeNet.ini`` built by ``qatrun.pipeline.build_network`` (seeded, so every build has the same
+Model: ``models/LeNet.ini`` built by ``qatrun.load`` (seeded, so every build has the same
 initial weights). Data: the shipped MNIST Learn partition through ``qatrun.data``, opened once; both sides
 read the same loader (``Learn``, shuffled, epoch 0), so they see the same batches in the same order, at the
 INI's BatchSize.
 
 A (qatrun): ``train.learn`` set up exactly as ``qatrun models/LeNet.ini -learn-epoch 1`` sets it up
-(``N2D2Optimizer`` over the INI's solvers, N2D2 weights folders through ``pipeline.NetworkIO``), with the
+(``N2D2Optimizer`` over the INI's solvers, N2D2 weights folders through ``Network.folders``), with the
 progress bar, plots and the final test off. ``learn`` always validates and writes ``weights_validation/``
 after the last epoch (``LearnConfig`` cannot turn that off), so the timed figure is the epoch loop alone:
 from the moment ``learn`` opens the Learn loader to its exhaustion (data, forward, loss, backward, solver
@@ -42,7 +42,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench_common as common  # noqa: E402
 
-from qatrun import pipeline, train  # noqa: E402
+import qatrun  # noqa: E402
+from qatrun import train  # noqa: E402
 
 INI = common.ROOT / "models" / "LeNet.ini"
 SEED = 1
@@ -95,16 +96,13 @@ def batches_of(total: int, fraction: float) -> int:
     return max(1, math.ceil(total * fraction))
 
 
-def build(overrides: list[str]) -> pipeline.Network:
+def build(overrides: list[str]) -> qatrun.Network:
     """The network as the command builds it, with the benchmark's fixed seed (the same initial weights)."""
-    torch.manual_seed(SEED)
-    network = pipeline.build_network(str(INI), overrides)
-    network.doc.check_strict()
-    return network
+    return qatrun.load(INI, overrides, seed=SEED)
 
 
 def run_qatrun(provider: object, overrides: list[str], fraction: float) -> dict[str, float]:
-    """A: one epoch through ``train.learn``, as ``qatrun NET.ini -learn-epoch 1`` runs it (pipeline._act)."""
+    """A: one epoch through ``train.learn``, as ``qatrun NET.ini -learn-epoch 1`` runs it (qatrun.Network.learn)."""
     network = build(overrides)
     gm = network.gm
     target = gm.targets[0]
@@ -116,7 +114,7 @@ def run_qatrun(provider: object, overrides: list[str], fraction: float) -> dict[
             progress=False, plots=False, test_after=False,
         )
         optimizer = train.N2D2Optimizer(train.group_by_solver(network.solvers), network.spec.batch_size)
-        io = pipeline.NetworkIO(network, ignore_missing=True)
+        io = network.folders(ignore_missing=True)
         meta = {"ini": network.doc.dump_resolved(), "seed": SEED}
         lines: list[str] = []
         start = common.now()

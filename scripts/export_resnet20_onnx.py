@@ -5,7 +5,7 @@
     .venv/bin/python scripts/export_resnet20_onnx.py --weights weights_validation models/onnx/resnet20-cifar10.onnx
 
 The network is built from the INI exactly as the command builds it (the same ``torch.fx.GraphModule``),
-the weights folder is read with :class:`qatrun.pipeline.NetworkIO`, and the module is exported in eval
+the weights folder is read with :class:`qatrun.train.NetworkFolders`, and the module is exported in eval
 mode with torch's TorchScript exporter (``dynamo=False, opset_version=13, do_constant_folding=False``,
 design.md section 8: the dynamo exporter writes operators onnx2torch cannot read, and constant folding
 would merge each BatchNorm into its convolution, leaving no BatchNormalization node to quantize). The
@@ -38,7 +38,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from qatrun import data, ini, net, pipeline  # noqa: E402  (the checkout, not an installed copy)
+from qatrun import data, ini, net, train  # noqa: E402  (the checkout, not an installed copy)
 from qatrun.net import layers  # noqa: E402
 
 DEFAULT_INI = ROOT / "models" / "ResNet20-cifar10.ini"
@@ -54,8 +54,7 @@ def build(ini_path: Path, weights: Path | None) -> tuple[torch.fx.GraphModule, t
     spec = data.DataSpec.from_doc(doc)
     gm = net.build(doc, spec.input_shape)
     if weights is not None:
-        network = pipeline.Network(doc=doc, spec=spec, gm=gm, plans={})
-        pipeline.NetworkIO(network).load(weights)
+        train.NetworkFolders(gm).load(weights)
     else:  # N2D2's initial variance 0 makes an untrained 20-layer stack overflow in eval mode: use 1
         for module in gm.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, fx
 
 from qatrun.errors import RunError
+from qatrun.options import EXPORT_KINDS
 from qatrun.export.check import ExportReport, LevelCheck, as_arrays, compare, qdq_layer_check
 from qatrun.export.onnx_float import export_float, float_network
 from qatrun.export.onnx_int import INPUT_KINDS, export_int
@@ -34,7 +35,7 @@ from qatrun.export.onnx_qdq import export_qdq
 from qatrun.export.runtime import OnnxModule, OnnxRunner, run_onnx
 from qatrun.export.sizes import LayerSize, WeightSizes, weight_sizes
 
-KINDS = ("onnx", "onnx-qdq", "onnx-int")
+KINDS = EXPORT_KINDS
 
 
 def export(

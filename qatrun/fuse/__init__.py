@@ -8,13 +8,13 @@
 
 from qatrun.fuse.fold import FoldedPair, fold_batchnorm, fold_bn_weights, fold_layer_bn
 from qatrun.fuse.graph import FusedLayer, FuseReport, integerize
-from qatrun.fuse.integerize import FLAVOURS, ROUND_MODES, FuseOptions
-from qatrun.fuse.scaling import RESCALING_MODES, mode_bound_lsb
+from qatrun.fuse.integerize import FuseOptions
+from qatrun.fuse.scaling import mode_bound_lsb
 from qatrun.fuse.verify import LayerCheck, VerifyReport, verify
 from qatrun.fuse.weights_folder import write_weights_quantized
+from qatrun.options import RESCALING_MODES, ROUND_MODES
 
 __all__ = [
-    "FLAVOURS",
     "RESCALING_MODES",
     "ROUND_MODES",
     "FoldedPair",

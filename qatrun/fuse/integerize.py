@@ -57,11 +57,10 @@ import torch
 from torch import Tensor
 
 from qatrun.errors import RunError
+from qatrun.options import FUSE_FLAVOURS, RESCALING_MODES, ROUND_MODES
 from qatrun.fuse.fold import bn_factor
-from qatrun.fuse.scaling import RESCALING_MODES, ROUNDINGS, Requant, approximate, with_mode
+from qatrun.fuse.scaling import ROUNDINGS, Requant, approximate, with_mode
 
-FLAVOURS = ("exact", "n2d2")
-ROUND_MODES = ("NONE", "RINTF")
 WEIGHT_CODES = ("signed", "unsigned")
 INPUT_RANGE = 255  # N2D2's -qat-sat multiplies the input by 255: x in [0, 1] -> p in [0, 255]
 N2D2_CORRECTION = 2.066666666666667  # DeepNetQAT's corr for Range_w in {14, 15} under RINTF
@@ -91,7 +90,7 @@ class FuseOptions:
 
     def __post_init__(self) -> None:
         choices = {
-            "flavour": FLAVOURS, "rescaling": RESCALING_MODES, "weights_rounding": ROUND_MODES,
+            "flavour": FUSE_FLAVOURS, "rescaling": RESCALING_MODES, "weights_rounding": ROUND_MODES,
             "biases_rounding": ROUND_MODES, "clips_rounding": ROUND_MODES, "weight_codes": WEIGHT_CODES,
         }
         for name, valid in choices.items():

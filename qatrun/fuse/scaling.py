@@ -71,10 +71,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from qatrun.options import RESCALING_MODES
 from qatrun.quant.rounding import round_half_away
 
-RESCALING_MODES = ("Floating-point", "Fixed-point16", "Fixed-point32", "Single-shift", "Double-shift",
-                   "Floating-point32")
 FLOAT_MODES = ("Floating-point", "Floating-point32")  # no integer multiplier
 ROUNDINGS = ("half_away", "half_even")
 

@@ -14,7 +14,7 @@ b=C_out): fan-in = size / b = kW·kH·C_in/groups and fan-out = size / z = kW·k
 Without a ``WeightsFiller=``/``BiasFiller=`` key a Conv/Fc/Deconv cell uses N(0, 0.05) for both (the
 generators' default), not ``NormalFiller``'s own default N(0, 1).
 
-Samples come from torch's global generator (the pipeline seeds it), in the order the cells are built.
+Samples come from torch's global generator (qatrun.load seeds it), in the order the cells are built.
 qatrun draws in float64 and rounds to the module's dtype; N2D2 draws with its own generator, so the
 numbers differ but the distributions are the same.
 """

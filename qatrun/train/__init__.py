@@ -1,12 +1,12 @@
 """N2D2 solvers and learning-rate policies, learn / validate / test loops, metrics, weights folders.
 
-Typical use (the pipeline)::
+Typical use (``qatrun.network`` composes these)::
 
     from qatrun import train
 
-    solver = train.SolverConfig.from_params(section, doc.params(section), "WeightsSolver")
+    triples = train.solver_triples(doc, gm, plans)          # every tensor with its INI solver
     optimizer = train.N2D2Optimizer(train.group_by_solver(triples), batch_size)
-    io = train.EntriesIO(lambda: entries)                  # weights folders in N2D2's format
+    io = train.NetworkFolders(gm)                          # weights folders in N2D2's format
     result = train.learn(gm, provider, optimizer, train.LearnConfig(batch_size, epochs=10), io)
     metrics = train.test(gm, provider.loader("Test", False))
     print("\\n".join(metrics.test_lines()))                 # Final recognition rate: ...
@@ -31,6 +31,7 @@ from qatrun.train.loop import (
     save_state,
     test,
 )
+from qatrun.train.folders import NetworkFolders, quantizer_holders, weight_entries
 from qatrun.train.metrics import METRICS, Metrics, confusion_update, per_class, write_confusion
 from qatrun.train.solver import (
     ADAM_KEYS,
@@ -44,6 +45,7 @@ from qatrun.train.solver import (
     learning_rate,
     solver_group,
 )
+from qatrun.train.session import Session, choose_device, rank, resolve_seed, versions, write_run_record
 from qatrun.train.weights import (
     Entry,
     atomic_folder,
@@ -53,6 +55,7 @@ from qatrun.train.weights import (
     plot_distributions,
     read_values,
 )
+from qatrun.train.wiring import SolverTriple, solver_triples
 
 __all__ = [
     "ADAM_KEYS",
@@ -66,14 +69,18 @@ __all__ = [
     "Metrics",
     "ModuleIO",
     "N2D2Optimizer",
+    "NetworkFolders",
     "Progress",
     "Provider",
     "ROLES",
     "SGD_KEYS",
     "SOLVER_TYPES",
+    "Session",
     "SolverConfig",
+    "SolverTriple",
     "WeightsIO",
     "atomic_folder",
+    "choose_device",
     "confusion_update",
     "dist_info",
     "evaluate",
@@ -87,9 +94,16 @@ __all__ = [
     "load_state",
     "loss_value",
     "per_class",
+    "quantizer_holders",
+    "rank",
     "read_values",
+    "resolve_seed",
     "save_state",
     "solver_group",
+    "solver_triples",
     "test",
+    "versions",
+    "weight_entries",
     "write_confusion",
+    "write_run_record",
 ]

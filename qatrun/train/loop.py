@@ -73,7 +73,7 @@ class Provider(Protocol):
 
 
 class WeightsIO(Protocol):
-    """Saves the model's weights into a folder and reads them back (an N2D2 weights folder in the pipeline)."""
+    """Saves the model's weights into a folder and reads them back (an N2D2 weights folder for a network of qatrun.load)."""
 
     def save(self, folder: Path) -> None:
         """Writes the folder (atomically)."""

@@ -29,21 +29,8 @@ from pathlib import Path
 
 import torch
 
-METRICS = (
-    "Sensitivity",
-    "Specificity",
-    "Precision",
-    "NegativePredictiveValue",
-    "MissRate",
-    "FallOut",
-    "FalseDiscoveryRate",
-    "FalseOmissionRate",
-    "IU",
-    "Accuracy",
-    "F1Score",
-    "Informedness",
-    "Markedness",
-)
+from qatrun.options import METRICS
+
 
 
 def confusion_update(matrix: torch.Tensor, targets: torch.Tensor, estimated: torch.Tensor) -> None:

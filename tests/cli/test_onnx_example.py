@@ -15,7 +15,8 @@ import onnx
 import pytest
 import torch
 
-from qatrun import fuse, pipeline
+import qatrun
+from qatrun import fuse
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "export_resnet20_onnx.py"
@@ -50,10 +51,10 @@ def test_export_script_writes_what_onnxruntime_agrees_with(tmp_path: Path) -> No
     assert graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"  # dynamic batch
 
 
-def _rows(network: pipeline.Network) -> dict[str, list[str]]:
+def _rows(network: qatrun.Network) -> dict[str, list[str]]:
     """Summary rows by layer name: [type, inputs, output, params, MACs, weights, activation]."""
     rows = {}
-    for line in pipeline.format_summary(network).splitlines()[2:]:
+    for line in network.summary().splitlines()[2:]:
         if not line or line.startswith(("Total", "Size")):
             continue
         name, rest = line.split(maxsplit=1)
@@ -63,14 +64,12 @@ def _rows(network: pipeline.Network) -> dict[str, list[str]]:
 
 
 def test_both_phases_build_with_the_intended_quantizers(cifar_data: Path) -> None:
-    clamp = pipeline.build_network(str(CLAMP), [])
-    clamp.doc.check_strict()
+    clamp = qatrun.load(CLAMP, kernels="eager")  # every key of every section read (strict)
     rows = _rows(clamp)
     assert rows["conv1"][-2:] == ["SAT w clamp", "-"] and rows["bn1"][-1] == "Rectifier"
     assert rows["logits"][-2] == "SAT w clamp" and rows["softmax"][1] == "logits"
 
-    network = pipeline.build_network(str(W4A4), [])
-    network.doc.check_strict()  # every key of every override section was read
+    network = qatrun.load(W4A4, kernels="eager")  # every key of every override section was read (strict)
     rows = _rows(network)
     assert len(rows) == 21 + 21 + 9 + 3 and list(rows)[:3] == ["conv1", "bn1", "res1_1_conv1"]
     assert rows["conv1"][-2] == "SAT w8" and rows["logits"][-2] == "SAT w8" and rows["res2_1_proj"][-2] == "SAT w4"
@@ -83,8 +82,7 @@ def test_both_phases_build_with_the_intended_quantizers(cifar_data: Path) -> Non
 
 
 def test_phase_2_fuses_to_integers_that_predict_the_same(cifar_data: Path) -> None:
-    torch.manual_seed(0)
-    network = pipeline.build_network(str(W4A4), [])
+    network = qatrun.load(W4A4, seed=0, kernels="eager", strict=False)
     gm = network.gm.eval()
     int_gm, _ = fuse.integerize(gm, fuse.FuseOptions())
     x = torch.randint(0, 256, (8, 3, 32, 32), generator=torch.Generator().manual_seed(0)) / 255.0  # on the input grid

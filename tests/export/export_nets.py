@@ -1,4 +1,4 @@
-"""Small quantized networks for the export tests, built the way the pipeline builds them (INI -> net.build ->
+"""Small quantized networks for the export tests, built the way qatrun.load builds them (INI -> net.build ->
 quant.plan_for / prepare), with random weights, BatchNorm statistics and quantizer state set by a few
 training-mode batches of random images, then in eval mode."""
 
@@ -9,7 +9,8 @@ import functools
 import torch
 from torch import Tensor, fx, nn
 
-from qatrun import ini, net, pipeline, quant
+import qatrun
+from qatrun import ini, net, quant
 from qatrun.fuse import FuseOptions, integerize
 
 # LeNet as models/LeNet-QAT.ini (SAT W4A4, 8-bit conv1 and fc2), with a 4-bit activation quantizer on fc1:
@@ -394,7 +395,7 @@ def build(kind: str, seed: int = 0) -> fx.GraphModule:
     torch.manual_seed(seed)
     doc = ini.loads(TEXTS[kind], path=f"<{kind}>")
     gm = net.build(doc, SHAPES[kind])
-    gm = quant.prepare(gm, pipeline.quant_plans(doc, gm))
+    gm = quant.prepare(gm, qatrun.quant_plans(doc, gm), act_names=qatrun.network.activation_names(gm))
     for module in gm.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = None  # cumulative averages over the calibration batches

@@ -21,7 +21,8 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 from torch.nn import functional as F
 
-from qatrun import net, pipeline, quant
+import qatrun
+from qatrun import net, quant
 from qatrun.errors import ConfigError
 from qatrun.ini import Document, loads
 from qatrun.net import layers
@@ -302,12 +303,12 @@ def test_relu_sections_replace_the_activation_and_hold_its_qact(files: Files) ->
     assert bn2.act_section is None and bn2.activation == "Rectifier" and type(gm.bn2_act) is nn.ReLU
     assert add.act_section.name == "relu3" and isinstance(gm.add_act, nn.Hardtanh)
     assert (gm.add_act.min_val, gm.add_act.max_val) == (0.0, 6.0)
-    # The pipeline's plans: QWeight* from the cell's section, QAct* from act_section or section.
-    plans = pipeline.quant_plans(doc, gm)
+    # The API's plans: QWeight* from the cell's section, QAct* from act_section or section.
+    plans = qatrun.quant_plans(doc, gm)
     assert set(plans) == {"conv1", "conv2", "conv3", "bn1", "add"}
     assert plans["bn1"].act.range == 15 and plans["bn1"].act_solver.settings == {"LearningRate": "0.05"}
     doc.check_strict()  # every key of every override section was read by net or quant
-    quant.prepare(gm, plans)
+    quant.prepare(gm, plans, act_names=qatrun.network.activation_names(gm))
     assert isinstance(gm.bn1_act, quant.QuantizedActivation) and isinstance(gm.conv2, quant.QuantConv2d)
     assert gm(torch.rand(2, 3, 8, 8)).shape == (2, 10)
 
