@@ -125,6 +125,10 @@ class Kernels:
     def __deepcopy__(self, memo: dict[int, object]) -> Kernels:
         return self  # a value: a copied network runs the same kernels
 
+    def __reduce__(self) -> tuple[type[Kernels], tuple[str, str, str]]:
+        # A pickled network (torch.save of the module) carries the choice, not the loaded library.
+        return Kernels, (self.mode, self.backend, self.origin)
+
     def describe(self) -> str:
         """What runs, for the run's record: ``native (CPU C++)``, ``compiled (torch.compile)``, ``eager`` or,
         after a failure in ``auto`` mode, ``eager (native kernels failed: ...)``."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 
@@ -186,6 +187,13 @@ def test_unknown_mode_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
         select_kernels()
     with pytest.raises(RunError, match="kernels=quick: expected one of auto, compiled, eager"):
         select_kernels("quick")
+
+
+def test_a_pickled_network_keeps_its_kernels_choice() -> None:
+    quantizer = LSQActivationQuantizer(LSQActSpec(range=15), kernels=FUSED["native"])
+    FUSED["native"].run(sat.sat_act_forward, torch.ones(3), torch.tensor(1.0), 15)  # the library loaded
+    copied = pickle.loads(pickle.dumps(quantizer))
+    assert copied.kernels == FUSED["native"] and copied.kernels._cache.native is None
 
 
 def test_the_mode_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
