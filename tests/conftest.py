@@ -8,9 +8,10 @@ from typing import Callable
 
 import pytest
 
-# The unit tests compare the SAT alpha gradient with plain references at atol 0, which fixes the order of its
-# sum: they run the eager quantizer kernels. tests/quant/test_quant_kernels.py and the two-phase CLI run set
-# QATRUN_KERNELS themselves to test the compiled ones. Subprocesses inherit the setting.
+# The command-line runs (subprocesses, which inherit it) compare rates and files at atol 0, which fixes the
+# order of the SAT alpha gradient's sum: they run the eager quantizer kernels unless a test asks otherwise
+# (the two-phase CLI run, the README example). In-process tests choose their kernels as values
+# (quant.select_kernels), tests/quant/test_quant_kernels.py the fused ones.
 os.environ["QATRUN_KERNELS"] = "eager"
 
 # What the suite needs and may ship lies in tests/ (golden/n2d2-lenet-8b: N2D2's numbers) and qatrun/data/mnist.

@@ -1,12 +1,12 @@
 """Quantization-aware training: quantizer math, quantizer modules, INI plans and the prepare pass.
 
-Typical use (the pipeline does this)::
+Typical use (``qatrun.load`` does this)::
 
     from qatrun import quant
 
     kernels = quant.select_kernels("auto", device)     # once per run; kernels.describe() for the record
     plans = {module_name(s): plan for s in layers if (plan := quant.plan_for(s, doc.params(s)))}
-    gm = quant.prepare(gm, plans, act_names={name: name + "_act" for name in plans}, kernels=kernels)
+    gm = quant.prepare(gm, plans, act_names=qatrun.network.activation_names(gm), kernels=kernels)
     quant.describe(gm.conv1)                           # "SAT w8"
 
 or, on a network of one's own, one module at a time::

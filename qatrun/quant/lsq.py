@@ -50,7 +50,7 @@ from qatrun.quant.spec import RANGE, QuantSpec, bits
 # The smallest step size an update leaves. An update can take the step below 0 (a large step gradient at a
 # high learning rate); N2D2 trains on with it (its levels then mirror, Qn and Qp swapping roles). qatrun keeps
 # it positive, as its files and the integer network need: the step's solver clamps it after each update
-# (``PARAMETER_MIN``, read by ``qatrun.pipeline.solver_triples``).
+# (``PARAMETER_MIN``, read by ``qatrun.train.solver_triples``).
 MIN_STEP = 1e-8
 
 STEP_SIZE = Key("StepSize", "float", 100.0, "initial step size when SetOptInitStepSize=0")

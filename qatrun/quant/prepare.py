@@ -104,7 +104,7 @@ def quantize_module(
 def prepare(
     gm: nn.Module,
     plans: Mapping[str, QuantPlan],
-    act_names: Mapping[str, str] | None = None,
+    act_names: Mapping[str, str],
     kernels: Kernels | None = None,
 ) -> nn.Module:
     """Swaps layers and activations for quantized versions, in place.
@@ -114,8 +114,8 @@ def prepare(
         plans: module name -> plan (from :func:`qatrun.quant.plan_for`); the plan's weight quantizer goes
             on that module.
         act_names: plan name -> the module whose output the plan's activation quantizer quantizes (for an
-            INI network, the builder's ``<name>_act``); needed for every plan with an activation quantizer.
-            None (until ``qatrun.pipeline`` and the other callers name them): ``<name>_act``.
+            INI network, ``qatrun.network.activation_names``); needed for every plan with an activation
+            quantizer.
         kernels: the training step's kernels of every quantizer; None: :func:`select_kernels`, that is
             ``QATRUN_KERNELS`` read once, here (``auto`` when unset).
 
@@ -125,8 +125,6 @@ def prepare(
     Raises:
         ConfigError: a named module is missing or has no weights to quantize.
     """
-    if act_names is None:
-        act_names = {name: name + "_act" for name, plan in plans.items() if plan.act is not None}
     kernels = select_kernels() if kernels is None else kernels
     for name, plan in plans.items():
         if plan.weight is not None:

@@ -62,9 +62,11 @@ def solver_triples(doc: Document, gm: fx.GraphModule, plans: Mapping[str, quant.
     return triples
 
 
-def _quantizer_triples(prefix: str, quantizer: nn.Module, plan: quant.SolverPlan | None) -> list[SolverTriple]:
+def _quantizer_triples(prefix: str, quantizer: quant.WeightQuantizer | quant.ActivationQuantizer,
+                       plan: quant.SolverPlan | None) -> list[SolverTriple]:
+    assert isinstance(quantizer, nn.Module), type(quantizer)
     config = SolverConfig.from_plan(plan)
-    bounds: Mapping[str, float] = getattr(quantizer, "PARAMETER_MIN", {})
+    bounds = quantizer.PARAMETER_MIN
     triples = []
     for name, param in quantizer.named_parameters():
         bound = bounds.get(name)

@@ -63,6 +63,7 @@ def test_float_learning_on_real_mnist(tmp_path: Path, mnist_subset: Path) -> Non
     assert (tmp_path / "weights_validation" / "conv2_weights.distrib.png").is_file()
     resolved = (tmp_path / "LeNet.ini.resolved").read_text()
     assert "; seed: 3" in resolved and "torch" in resolved and "LeNet.ini:" in resolved
+    assert "; kernels: eager" in resolved  # QATRUN_KERNELS=eager (tests/conftest.py), read once
     # Testing again from the saved weights gives the same rate.
     again = run_qatrun([LENET, "-test", "-seed", "3", *_data(mnist_subset)], tmp_path)
     assert again.returncode == 0, again.stderr
@@ -84,6 +85,7 @@ def test_two_phase_qat_then_exact_fusion(tmp_path: Path, mnist_subset: Path) -> 
     # stays near chance.
     assert rate >= 85.0, phase2.stdout[-2000:]
     assert (tmp_path / "weights" / "bn1_QAct_SAT_Alpha.syntxt").is_file()
+    assert "; kernels: native (CPU C++)" in (tmp_path / "LeNet-QAT.ini.resolved").read_text()  # named once, here
     fused = run_qatrun([QAT, "-test", "-qat-fuse", "-seed", "5", "-w", "weights", *data], tmp_path)
     assert fused.returncode == 0, fused.stderr[-3000:] + fused.stdout[-3000:]
     assert " 0 of 1000 predictions differ" in fused.stdout, fused.stdout[-2000:]

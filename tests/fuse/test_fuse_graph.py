@@ -295,7 +295,7 @@ def test_quant_modules_built_from_the_golden_ini() -> None:
     gm = net.build(doc, (1, 32, 32))
     plans = {net.module_name(s.name): plan for s in doc.sections()
              if s.has("Input") and (plan := quant.plan_for(s, doc.params(s)))}
-    quant.prepare(gm, plans)
+    quant.prepare(gm, plans, act_names={name: net.activation_name(name) for name in plans})
     with torch.no_grad():
         for cell, shape in fuse_golden.SHAPES.items():
             weights = fuse_golden.values(f"weights_8b_SAT/{cell}_weights.syntxt")

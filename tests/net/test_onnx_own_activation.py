@@ -67,7 +67,7 @@ def test_linear_activation_carries_the_qact(root: Path) -> None:
         assert torch.equal(gm(x), plain(x))  # Linear: the function is unchanged
     plan = quant.plan_for(cell.section, doc.params(cell.section))
     assert plan.act.range == 15 and plan.weight is None
-    quant.prepare(gm, {"b": plan})
+    quant.prepare(gm, {"b": plan}, act_names={"b": "b_act"})
     doc.check_strict()  # ActivationFunction, QAct and QAct.Range were all read
     assert isinstance(gm.b_act, quant.QuantizedActivation)
     with torch.no_grad():

@@ -1,0 +1,80 @@
+"""The fault suite: the real command on real (small) data, one fault per case.
+
+Every case asserts the same four things (:func:`assert_refused`): the exit status, one ``error:`` line that
+names the offending file, option or value, no Python traceback, and what was on disk before the run is still
+there, byte for byte, wherever nothing should change (:func:`snapshot`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from qatrun.data.formats import write_idx_subset
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "qatrun" / "data" / "mnist"
+MODELS = REPO / "models"
+LENET = str(MODELS / "LeNet.ini")
+QAT = str(MODELS / "LeNet-QAT.ini")
+QAT_CLAMP = str(MODELS / "LeNet-QAT-clamp.ini")
+
+
+def run_qatrun(args: Sequence[str], cwd: Path, timeout: int = 600, env: dict[str, str] | None = None
+               ) -> subprocess.CompletedProcess[str]:
+    """``python -m qatrun ARGS`` in ``cwd`` (text output, no standard input)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "qatrun", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``folder`` (folders as ``<dir>``)."""
+    found = {}
+    for path in sorted(folder.rglob("*")):
+        rel = str(path.relative_to(folder))
+        found[rel] = "<dir>" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+    return found
+
+
+def assert_refused(proc: subprocess.CompletedProcess[str], *names: str, status: int = 2,
+                   before: dict[str, str] | None = None, folder: Path | None = None) -> str:
+    """The run failed as a user error: ``status``, exactly one ``error:`` line on stderr naming every one of
+    ``names``, no traceback; and, given ``before`` (a :func:`snapshot` of ``folder``), nothing on disk changed.
+
+    Returns:
+        The error line.
+    """
+    out = proc.stdout + proc.stderr
+    assert "Traceback" not in out, out[-3000:]
+    assert proc.returncode == status, f"exit {proc.returncode}, expected {status}\n{out[-3000:]}"
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    for name in names:
+        assert name in errors[0], f"{name!r} not in {errors[0]!r}"
+    if before is not None:
+        assert folder is not None
+        assert snapshot(folder) == before, "files changed on disk"
+    return errors[0]
+
+
+@pytest.fixture(scope="session")
+def mnist_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Genuine MNIST cut to its first 1,000 training and 200 test images (seconds per epoch)."""
+    folder = tmp_path_factory.mktemp("mnist-small")
+    for name, count in (("train", 1000), ("t10k", 200)):
+        for kind in ("images-idx3", "labels-idx1"):
+            stem = f"{name}-{kind}-ubyte.gz"
+            write_idx_subset(SHIPPED / stem, folder / stem, count)
+    return folder
+
+
+def data_args(folder: Path) -> list[str]:
+    """The options that point the LeNet INIs at ``folder``."""
+    return ["-set", f"[database]DataPath={folder}"]
