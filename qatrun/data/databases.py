@@ -179,19 +179,52 @@ class Database:
         """One sentence telling the user how to provide the data."""
         raise NotImplementedError
 
+    def missing(self, folder: Path) -> str:
+        """What an existing ``folder`` lacks, for the error message (default: everything looked for)."""
+        return self.wanted()
+
     def locate(self) -> tuple[Path, list[Path]]:
-        """The first candidate folder holding the data set.
+        """The first candidate folder that exists; it must hold the data set.
+
+        A folder that exists but lacks a file is an error, never a reason to try the next candidate: the
+        user's data are not silently replaced by another data set (the shipped MNIST is only used when no
+        folder of theirs exists at all).
 
         Raises:
-            DataError: none does; the message names every folder tried and how to provide the files.
+            DataError: the first existing folder is incomplete (the message names what is missing), or no
+                candidate exists (the message names every folder tried and how to provide the files).
         """
         tried = []
         for folder, how in self.candidates():
             files = self.required(folder)
             if files is not None:
                 return folder, files
+            if folder.is_dir():
+                raise self.error(
+                    f"the data folder {folder} ({how}) is incomplete: missing {self.missing(folder)}. "
+                    f"{self.how_to_get()}"
+                )
             tried.append(f"{folder} ({how})")
         raise self.error(f"data set not found: looked for {self.wanted()} in {'; '.join(tried)}. {self.how_to_get()}")
+
+    def origin(self, folder: Path) -> str:
+        """How ``folder``, found by :meth:`locate`, was derived (``DataPath``, ``$N2D2_DATA/mnist``, ...)."""
+        return next((how for candidate, how in self.candidates() if candidate == folder), "DataPath")
+
+    def check_labels(self, labels: torch.Tensor, nb_classes: int, path: Path) -> None:
+        """Every label of ``path`` lies in ``0 .. nb_classes - 1``.
+
+        Raises:
+            DataError: naming the file, the first bad record (0-based) and its label.
+        """
+        bad = torch.nonzero((labels < 0) | (labels >= nb_classes)).flatten()
+        if len(bad):
+            record = int(bad[0])
+            raise DataError(
+                f"record {record} (0-based) has label {int(labels[record])}, outside the {nb_classes} classes "
+                f"of {self.type_name} (0..{nb_classes - 1}); {len(bad)} record(s) are out of range",
+                Location(str(path)),
+            )
 
     def sizes(self) -> dict[str, int]:
         """Number of stimuli of each partition, without decoding images."""
@@ -247,16 +280,17 @@ class MnistIdx(Database):
             found.append((self.shipped, "copy shipped with qatrun"))
         return found
 
+    def _find(self, folder: Path, name: str) -> Path | None:
+        # N2D2's names, their .gz, and the dotted spelling of some mirrors (train-images.idx3-ubyte)
+        dotted = name.replace("-idx", ".idx")
+        return _first_existing(folder, (name, name + ".gz", dotted, dotted + ".gz"))
+
     def required(self, folder: Path) -> list[Path] | None:
-        files = []
-        for name in self.names:
-            # N2D2's names, their .gz, and the dotted spelling of some mirrors (train-images.idx3-ubyte)
-            dotted = name.replace("-idx", ".idx")
-            path = _first_existing(folder, (name, name + ".gz", dotted, dotted + ".gz"))
-            if path is None:
-                return None
-            files.append(path)
-        return files
+        files = [self._find(folder, name) for name in self.names]
+        return None if None in files else files  # type: ignore[return-value]
+
+    def missing(self, folder: Path) -> str:
+        return ", ".join(f"{name}[.gz]" for name in self.names if self._find(folder, name) is None)
 
     def wanted(self) -> str:
         return ", ".join(f"{name}[.gz]" for name in self.names)
@@ -282,9 +316,17 @@ class MnistIdx(Database):
         folder, files = self.locate()
         images = [formats.read_idx_images(files[0]), formats.read_idx_images(files[2])]
         labels = [formats.read_idx_labels(files[1]), formats.read_idx_labels(files[3])]
+        for image, image_path in zip(images, (files[0], files[2])):
+            if tuple(image.shape[1:]) != self.raw_shape:
+                raise DataError(
+                    f"{self.type_name} images are {'x'.join(map(str, self.raw_shape[1:]))}, this IDX file holds "
+                    f"{'x'.join(map(str, image.shape[2:]))} images",
+                    Location(str(image_path)),
+                )
         for image, label, path in zip(images, labels, (files[1], files[3])):
             if len(image) != len(label):
                 raise DataError(f"{path} has {len(label)} labels for {len(image)} images", Location(str(path)))
+            self.check_labels(label, len(self.label_names), path)
         return Stimuli(
             labels=torch.cat(labels),
             partitions=self.partition((folder, files), seed),
@@ -370,6 +412,18 @@ class Cifar10(Database):
             f"{', '.join(self.train_names())}, {', '.join(self.test_names())} (or {self.train_glob}, {self.test_glob})"
         )
 
+    def missing(self, folder: Path) -> str:
+        lacking = []
+        if not all((folder / name).is_file() for name in self.train_names()) and not list(folder.glob(self.train_glob)):
+            lacking.append(f"{', '.join(self.train_names())} (or {self.train_glob})")
+        if not all((folder / name).is_file() for name in self.test_names()):
+            found = sorted(path.name for path in folder.glob(self.test_glob))
+            if len(found) > 1:
+                lacking.append(f"{', '.join(self.test_names())} (or a single {self.test_glob}; found {', '.join(found)})")
+            elif not found:
+                lacking.append(f"{', '.join(self.test_names())} (or {self.test_glob})")
+        return ", ".join(lacking)
+
     def how_to_get(self) -> str:
         return (
             "Extract the CIFAR-10 binary version (cifar-10-binary.tar.gz from "
@@ -397,6 +451,8 @@ class Cifar10(Database):
     def load(self, seed: int) -> Stimuli:
         folder, files = self.locate()
         parts = [formats.read_cifar(path, self.label_bytes, self.label_index()) for path in files]
+        for path, (_, labels) in zip(files, parts):
+            self.check_labels(labels, self.nb_classes, path)
         return Stimuli(
             labels=torch.cat([labels for _, labels in parts]),
             partitions=self.partition((folder, files), seed),
@@ -633,6 +689,11 @@ class Ilsvrc2012(Database):
     def wanted(self) -> str:
         return "train/, val/, val.txt and synsets.txt (or LabelPath)"
 
+    def missing(self, folder: Path) -> str:
+        labels = Path(self.settings["LabelPath"]) if self.settings["LabelPath"] else folder / "synsets.txt"
+        needed = [folder / "train", folder / "val", folder / "val.txt", labels]
+        return ", ".join(str(path) for path in needed if not path.exists())
+
     def how_to_get(self) -> str:
         return "Extract ILSVRC2012 (image-net.org) into one of these folders, or set DataPath in [database]."
 
@@ -649,13 +710,30 @@ class Ilsvrc2012(Database):
                 files.append(path)
                 labels.append(index[synset])
         n_train = len(files)
-        for line in val_list.read_text().splitlines():
+        for number, line in enumerate(val_list.read_text().splitlines(), 1):
             if line.strip():
-                name, label = line.split()[:2]
+                name, label = self._validation_record(val_list, number, line, len(synsets))
                 files.append(val_dir / name)
-                labels.append(int(label) + offset)
+                labels.append(label + offset)
         label_names = (["background"] if offset else []) + names
         return folder, files, torch.tensor(labels, dtype=torch.int64), label_names, n_train
+
+    def _validation_record(self, path: Path, number: int, line: str, nb_synsets: int) -> tuple[str, int]:
+        """``(file name, label index)`` of line ``number`` of ``val.txt``.
+
+        Raises:
+            DataError: the line is not ``<file> <label index>``, or the index names no synset.
+        """
+        fields = line.split()
+        if len(fields) < 2 or not fields[1].isdigit():
+            raise DataError(f"expected '<file> <label index>', found {line.strip()!r}", Location(str(path), number))
+        label = int(fields[1])
+        if label >= nb_synsets:
+            raise DataError(
+                f"label {label} of {fields[0]} is outside the {nb_synsets} synsets of the label file (0..{nb_synsets - 1})",
+                Location(str(path), number),
+            )
+        return fields[0], label
 
     def partition(self, found: tuple[Path, list[Path]], seed: int) -> dict[str, torch.Tensor]:
         _, files, labels, _, n_train = self.catalog()

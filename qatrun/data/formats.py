@@ -15,6 +15,7 @@ file again). Callers must not modify the returned tensors in place.
 from __future__ import annotations
 
 import gzip
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,8 +52,17 @@ def _read_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as stream:
                 return stream.read()
         return path.read_bytes()
-    except (OSError, EOFError) as exc:  # gzip raises BadGzipFile (an OSError) or EOFError
-        raise DataError(f"cannot read {path}: {exc}", Location(str(path))) from None
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, corrupt deflate stream, CRC
+        raise DataError(f"cannot read {path}: {_reason(exc)}", Location(str(path))) from None
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, for a message (gzip's ``EOFError`` comes with a bare text)."""
+    if isinstance(exc, EOFError):
+        return f"the gzip stream is truncated ({exc})"
+    if isinstance(exc, zlib.error):
+        return f"the gzip stream is corrupt ({exc})"
+    return str(exc)
 
 
 def _idx_header(data: bytes, path: Path, magic: int) -> list[int]:
@@ -121,8 +131,8 @@ def idx_count(path: Path) -> int:
         else:
             with open(path, "rb") as stream:
                 head = stream.read(8)
-    except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read {path}: {exc}", Location(str(path))) from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"cannot read {path}: {_reason(exc)}", Location(str(path))) from None
     if len(head) < 8:
         raise DataError(f"{path} is not an IDX file (only {len(head)} bytes)", Location(str(path)))
     return int.from_bytes(head[4:8], "big")
@@ -148,6 +158,8 @@ def read_cifar(path: Path, label_bytes: int, label_index: int) -> tuple[torch.Te
 def _decode_cifar(path: Path, label_bytes: int, label_index: int) -> tuple[torch.Tensor, torch.Tensor]:
     data = _read_bytes(path)
     record = label_bytes + CIFAR_IMAGE_BYTES
+    if not data:
+        raise DataError(f"{path} is empty (no {record}-byte CIFAR record)", Location(str(path)))
     if len(data) % record:
         raise DataError(
             f"{path} has {len(data)} bytes, not a whole number of {record}-byte CIFAR records",
@@ -191,7 +203,7 @@ def read_image(path: Path) -> torch.Tensor:
             elif mode not in ("L", "RGB", "RGBA"):
                 raise DataError(f"{path}: pixel mode {mode} is not 8-bit gray or colour", Location(str(path)))
             array = np.asarray(image)
-    except (OSError, SyntaxError, ValueError) as exc:  # what Pillow raises on unreadable files
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # Pillow on unreadable files
         raise DataError(f"cannot decode image {path}: {exc}", Location(str(path))) from None
     if array.ndim == 2:
         return torch.from_numpy(array.copy())[None]

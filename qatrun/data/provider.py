@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +48,7 @@ import torch.utils.data
 from qatrun.data import formats
 from qatrun.data.databases import PARTITIONS, Database, Stimuli, database_from_section
 from qatrun.data.transforms import Shape, Transformation, applies_to, transformation_from_section
-from qatrun.errors import ConfigError, DataError, Location
+from qatrun.errors import ConfigError, DataError, Location, QatrunError
 from qatrun.ini import Document, Key, Section, warn
 
 SIZE_X = Key("SizeX", "int", doc="network input width")
@@ -422,12 +424,14 @@ class Provider:
         spec: the :class:`DataSpec` it was opened from.
         seed: the run seed.
         source: the folder the data were read from.
+        origin: how that folder was found: ``DataPath``, ``$N2D2_DATA/<name>``, ``copy shipped with qatrun``.
     """
 
     def __init__(self, spec: DataSpec, stimuli: Stimuli, seed: int) -> None:
         self.spec = spec
         self.seed = seed
         self.source = stimuli.source
+        self.origin = spec.database.origin(stimuli.source)
         self._names = stimuli.label_names
         self._nb_classes = max(len(stimuli.label_names), int(stimuli.labels.max()) + 1 if len(stimuli.labels) else 0)
         self._decoded: dict[Path, torch.Tensor] | None = {} if stimuli.in_memory else None
@@ -656,6 +660,47 @@ class Loader:
             yield x.float().contiguous(), y
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """A user error met in a ``DataLoader`` worker, carried back as a value.
+
+    Raised there, it would come back as a new exception built from the worker's whole traceback text; as a
+    value it crosses the process boundary intact and :func:`_read_files` raises it as one line.
+    """
+
+    message: str
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _quiet_worker(worker: int) -> None:
+    """``worker_init_fn``: a worker leaves SIGINT / SIGTERM to the main process.
+
+    Forked workers inherit the main process's handlers (the learning loop's "saving the learning state"
+    notice): a Ctrl-C, sent to the whole process group, would be announced once per worker. The workers
+    are forked with these signals blocked (:func:`_start_workers`), so one arriving before this function
+    runs stays pending and is discarded here. The main process stops its workers itself.
+    """
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
+
+
+def _start_workers(loader: torch.utils.data.DataLoader) -> Iterator[torch.Tensor | _Failure]:
+    """``iter(loader)``, forking its workers with SIGINT / SIGTERM blocked (see :func:`_quiet_worker`).
+
+    A signal that arrives meanwhile is delivered to the main process once they are unblocked.
+    """
+    if loader.num_workers == 0 or threading.current_thread() is not threading.main_thread():
+        return iter(loader)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class _FileDataset(torch.utils.data.Dataset):
     """Images decoded from files, each through the per-image static transformations."""
 
@@ -666,12 +711,15 @@ class _FileDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, k: int) -> torch.Tensor:
+    def __getitem__(self, k: int) -> torch.Tensor | _Failure:
         if self.generator is None:
             info = torch.utils.data.get_worker_info()
             worker = info.id if info is not None else 0
             self.generator = torch.Generator().manual_seed(mix_seed(*self.seed_parts, worker))
-        return _apply(self.chain, formats.read_image(self.files[k])[None], self.generator)[0]
+        try:
+            return _apply(self.chain, formats.read_image(self.files[k])[None], self.generator)[0]
+        except QatrunError as err:
+            return _Failure(str(err))
 
 
 def _stack(images: list[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
@@ -686,15 +734,19 @@ def _stack(images: list[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
     return torch.stack(images) if images else torch.zeros(0, dtype=torch.uint8)
 
 
-def _collate(images: list[torch.Tensor]) -> torch.Tensor:
-    shapes = {(tuple(x.shape), x.dtype) for x in images}
+def _collate(images: list[torch.Tensor | _Failure]) -> torch.Tensor | _Failure:
+    """Stacks a batch (in the worker); a failure of one image, or images of different shapes, is a failure."""
+    for image in images:
+        if isinstance(image, _Failure):
+            return image
+    shapes = {(tuple(x.shape), x.dtype) for x in images}  # type: ignore[union-attr]
     if len(shapes) > 1:
-        raise DataError(
+        return _Failure(
             "images of one batch differ after the static transformations "
             f"({', '.join(sorted(str(s) for s in shapes))}); "
             "add a RescaleTransformation or PadCropTransformation"
         )
-    return torch.stack(images)
+    return torch.stack(images)  # type: ignore[arg-type]
 
 
 def _read_files(
@@ -707,6 +759,13 @@ def _read_files(
     """Decodes batches of files (in ``workers`` processes), yielding (positions, images)."""
     dataset = _FileDataset(files, chain, seed_parts)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers, collate_fn=_collate
+        dataset,
+        batch_sampler=[b.tolist() for b in batches],
+        num_workers=workers,
+        collate_fn=_collate,
+        worker_init_fn=_quiet_worker if workers else None,
     )
-    yield from zip(batches, loader)
+    for index, x in zip(batches, _start_workers(loader)):
+        if isinstance(x, _Failure):
+            raise DataError(x.message)
+        yield index, x
