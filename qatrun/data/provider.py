@@ -711,15 +711,15 @@ class _FileDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, k: int) -> torch.Tensor | _Failure:
+    def __getitem__(self, k: int) -> tuple[Path, torch.Tensor | _Failure]:
         if self.generator is None:
             info = torch.utils.data.get_worker_info()
             worker = info.id if info is not None else 0
             self.generator = torch.Generator().manual_seed(mix_seed(*self.seed_parts, worker))
         try:
-            return _apply(self.chain, formats.read_image(self.files[k])[None], self.generator)[0]
+            return self.files[k], _apply(self.chain, formats.read_image(self.files[k])[None], self.generator)[0]
         except QatrunError as err:
-            return _Failure(str(err))
+            return self.files[k], _Failure(str(err))
 
 
 def _stack(images: list[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
@@ -734,19 +734,21 @@ def _stack(images: list[torch.Tensor], files: Sequence[Path]) -> torch.Tensor:
     return torch.stack(images) if images else torch.zeros(0, dtype=torch.uint8)
 
 
-def _collate(images: list[torch.Tensor | _Failure]) -> torch.Tensor | _Failure:
+def _collate(items: list[tuple[Path, torch.Tensor | _Failure]]) -> torch.Tensor | _Failure:
     """Stacks a batch (in the worker); a failure of one image, or images of different shapes, is a failure."""
-    for image in images:
+    examples: dict[tuple[tuple[int, ...], torch.dtype], Path] = {}  # the first file of each shape
+    for path, image in items:
         if isinstance(image, _Failure):
             return image
-    shapes = {(tuple(x.shape), x.dtype) for x in images}  # type: ignore[union-attr]
-    if len(shapes) > 1:
+        examples.setdefault((tuple(image.shape), image.dtype), path)
+    if len(examples) > 1:
+        found = ", ".join(f"{path}: {'x'.join(map(str, shape))} {str(dtype).removeprefix('torch.')}"
+                          for (shape, dtype), path in examples.items())
         return _Failure(
-            "images of one batch differ after the static transformations "
-            f"({', '.join(sorted(str(s) for s in shapes))}); "
+            f"images of one batch differ after the static transformations ({found}); "
             "add a RescaleTransformation or PadCropTransformation"
         )
-    return torch.stack(images)  # type: ignore[arg-type]
+    return torch.stack([image for _, image in items])  # type: ignore[misc]
 
 
 def _read_files(

@@ -86,9 +86,9 @@ def test_cifar100_labels_are_checked_against_coarse_or_fine_classes(
 def test_corrupt_gzip_stream_is_a_data_error(tmp_path: Path) -> None:
     path = tmp_path / "x-idx1-ubyte.gz"
     packed = bytearray(gzip.compress(np.arange(5000, dtype=np.uint32).tobytes(), mtime=0))
-    packed[len(packed) // 2 : len(packed) // 2 + 32] = bytes(32)
+    packed[10:74] = b"\xff" * 64  # the first deflate block: an invalid block type
     path.write_bytes(bytes(packed))
-    with pytest.raises(DataError, match="the gzip stream is corrupt|CRC check failed"):
+    with pytest.raises(DataError, match=r"the gzip stream is corrupt \(Error -3 while decompressing data"):
         formats.read_idx_labels(path)
 
 
@@ -110,3 +110,16 @@ def test_an_undecodable_image_is_one_line_in_or_out_of_workers(tmp_path: Path, w
     with pytest.raises(DataError) as info:
         list(_read_files(files, batches, [], workers, (0,)))
     assert "\n" not in str(info.value) and str(info.value).startswith(f"{files[4]}: cannot decode image {files[4]}")
+
+
+def test_images_of_different_shapes_in_a_worker_batch_name_a_file_of_each(tmp_path: Path) -> None:
+    files = []
+    for k, size in enumerate((4, 4, 5, 4)):
+        files.append(tmp_path / f"{k}.png")
+        Image.fromarray(np.zeros((size, size), np.uint8)).save(files[-1])
+    with pytest.raises(DataError) as info:
+        list(_read_files(files, [torch.arange(4)], [], 2, (0,)))
+    assert str(info.value) == (
+        f"images of one batch differ after the static transformations ({files[0]}: 1x4x4 uint8, "
+        f"{files[2]}: 1x5x5 uint8); add a RescaleTransformation or PadCropTransformation"
+    )
