@@ -344,7 +344,7 @@ def test_interrupt_is_announced_once_not_once_per_worker(tmp_path: Path, mnist_s
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
-            if len(children.read_text().split()) >= 2:  # workers are reading images: learning has begun
+            if children.read_text().split():  # DataLoader workers are reading images: learning has begun
                 break
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
@@ -356,4 +356,4 @@ def test_interrupt_is_announced_once_not_once_per_worker(tmp_path: Path, mnist_s
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert "Traceback" not in out + err, err[-3000:]
-    assert err.count("SIGINT:") == 1, err[-3000:]
+    assert len([line for line in err.splitlines() if "SIGINT" in line]) == 1, err[-3000:]
