@@ -1,7 +1,8 @@
 """The ``[database]`` drivers: where the files are, how they are read and partitioned.
 
 A driver reads its keys from ``[database]`` (``from_section``), finds its files (``DataPath``, else
-``$N2D2_DATA/<name>`` as N2D2's ``N2D2_DATA()`` does), and returns a :class:`Stimuli`: the images (a
+``$N2D2_DATA/<name>`` as N2D2's ``N2D2_DATA()`` does; the first of these folders that exists must hold
+them all), checks the labels against the number of classes, and returns a :class:`Stimuli`: the images (a
 ``uint8`` (N, C, H, W) tensor in memory, or a list of image files read on demand), the labels, and the
 ``Learn`` / ``Validation`` / ``Test`` partitions as index tensors (reference/n2d2.md section 3.1).
 
@@ -254,8 +255,8 @@ def _first_existing(folder: Path, names: Sequence[str]) -> Path | None:
 class MnistIdx(Database):
     """``MNIST_IDX_Database``: IDX files, raw or ``.gz``; train -> Learn/Validation, t10k -> Test.
 
-    When neither ``DataPath`` nor ``$N2D2_DATA/mnist`` holds the files, the copy shipped with qatrun
-    (``qatrun/data/mnist``) is used.
+    When neither ``DataPath`` nor ``$N2D2_DATA/mnist`` exists, the copy shipped with qatrun
+    (``qatrun/data/mnist``) is used; an existing folder that lacks one of the four files is an error.
     """
 
     type_name: ClassVar[str] = "MNIST_IDX_Database"
@@ -281,7 +282,8 @@ class MnistIdx(Database):
         return found
 
     def _find(self, folder: Path, name: str) -> Path | None:
-        # N2D2's names, their .gz, and the dotted spelling of some mirrors (train-images.idx3-ubyte)
+        """The file of ``name`` in ``folder``: N2D2's name, its ``.gz``, or the dotted spelling of some
+        mirrors (``train-images.idx3-ubyte``)."""
         dotted = name.replace("-idx", ".idx")
         return _first_existing(folder, (name, name + ".gz", dotted, dotted + ".gz"))
 
@@ -681,18 +683,19 @@ class Ilsvrc2012(Database):
     def validate(self, section: Section) -> None:
         self._check_fraction(section, "Learn", self.settings["Learn"])
 
-    def required(self, folder: Path) -> list[Path] | None:
+    def _needed(self, folder: Path) -> list[Path]:
         labels = Path(self.settings["LabelPath"]) if self.settings["LabelPath"] else folder / "synsets.txt"
-        needed = [folder / "train", folder / "val", folder / "val.txt", labels]
+        return [folder / "train", folder / "val", folder / "val.txt", labels]
+
+    def required(self, folder: Path) -> list[Path] | None:
+        needed = self._needed(folder)
         return needed if all(path.exists() for path in needed) else None
 
     def wanted(self) -> str:
         return "train/, val/, val.txt and synsets.txt (or LabelPath)"
 
     def missing(self, folder: Path) -> str:
-        labels = Path(self.settings["LabelPath"]) if self.settings["LabelPath"] else folder / "synsets.txt"
-        needed = [folder / "train", folder / "val", folder / "val.txt", labels]
-        return ", ".join(str(path) for path in needed if not path.exists())
+        return ", ".join(str(path) for path in self._needed(folder) if not path.exists())
 
     def how_to_get(self) -> str:
         return "Extract ILSVRC2012 (image-net.org) into one of these folders, or set DataPath in [database]."
