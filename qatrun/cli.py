@@ -3,6 +3,16 @@
     qatrun NET.ini                                   # parse, build and print the network; loads no data
     qatrun NET.ini -learn-epoch 100                  # train
     qatrun NET.ini -test -qat-fuse -w weights        # fuse to integer-only, verify, test
+
+Options are named in full: an unknown or misspelt one is refused by its name, with a did-you-mean. A value
+follows its option as the next argument or after ``=`` (``-w DIR``, ``-w=DIR``, ``-learn-epoch=10``), never
+glued to it (``-wDIR`` is an unknown option, not ``-w DIR``). Numbers are range-checked here, before anything
+runs.
+
+A run checks everything it was given (the command line, the INI, the data, ``-w``, ``-l``, ``-test-onnx``)
+before it writes anything, so a refused run leaves its folder as it was. A run that only tests (``-test``,
+``-test-onnx``) writes nothing at all, not even its record (it would overwrite the record of the run that
+learnt the weights it tests), and works in a folder it cannot write to.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from qatrun import __version__
-from qatrun.errors import QatrunError, RunError
+from qatrun.errors import QatrunError, RunError, did_you_mean
 from qatrun.options import EXPORT_KINDS, FUSE_FLAVOURS, KERNEL_MODES, METRICS, RESCALING_MODES, ROUND_MODES
 
 class _Parser(argparse.ArgumentParser):
@@ -24,6 +34,40 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise QatrunError(f"{message} (see 'qatrun -h')")
+
+    def _parse_optional(self, arg_string: str) -> Any:
+        """Refuses an argument that looks like an option but is none, by its name.
+
+        argparse would take ``-learn-epochs`` for ``-l`` with the glued value ``earn-epochs``; here an
+        option is its exact name, optionally followed by ``=VALUE``. A negative number (``-dev -1``) is a
+        value, as for argparse.
+        """
+        if (arg_string.startswith("-") and arg_string != "-" and " " not in arg_string
+                and not self._negative_number_matcher.match(arg_string)):
+            name = arg_string.split("=", 1)[0]
+            if name not in self._option_string_actions:
+                hint = did_you_mean(name, self._option_string_actions)
+                raise QatrunError(f"unknown option '{name}'{hint} (see 'qatrun -h')")
+        return super()._parse_optional(arg_string)
+
+
+MAX_EPOCHS = 10**6
+MAX_STIMULI = 10**12
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an integer in ``[low, high]``, else the option's one-line error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {text}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,23 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-version", action="version", version=f"qatrun {__version__}")
     g.add_argument("-set", action="append", default=[], metavar="'[S]Key=V'",
                    help="override an INI value (repeatable), e.g. -set '[conv1]NbOutputs=32' or -set '$LR=0.1'")
-    g.add_argument("-seed", type=int, default=0, help="random seed; 0 = time-based, written to seed.dat [0]")
-    g.add_argument("-dev", type=int, default=None, help="CUDA device; -1 = CPU [the first GPU, else the CPU]")
+    g.add_argument("-seed", type=_integer(0, 2**31 - 1), default=0,
+                   help="random seed; 0 = time-based, written to seed.dat [0]")
+    g.add_argument("-dev", type=_integer(-1, 1023), default=None,
+                   help="CUDA device; -1 = CPU [the first GPU, else the CPU]")
     g.add_argument("-kernels", choices=KERNEL_MODES, default=None,
                    help="quantizer training kernels: auto (native where they build), compiled (a build failure "
                         "is an error), eager [QATRUN_KERNELS, else auto]")
     g.add_argument("-debug", action="store_true", help="show a traceback on errors")
     t = p.add_argument_group("learning")
-    t.add_argument("-learn", type=int, default=0, metavar="N", help="learn on N stimuli")
-    t.add_argument("-learn-epoch", type=int, default=0, metavar="N", help="learn for N epochs")
-    t.add_argument("-log", type=int, default=1000, metavar="N", help="stimuli between validations with -learn [1000]")
-    t.add_argument("-log-epoch", type=int, default=1, metavar="N", help="epochs between validations [1]")
+    t.add_argument("-learn", type=_integer(0, MAX_STIMULI), default=0, metavar="N", help="learn on N stimuli")
+    t.add_argument("-learn-epoch", type=_integer(0, MAX_EPOCHS), default=0, metavar="N",
+                   help="learn for N epochs")
+    t.add_argument("-log", type=_integer(1, MAX_STIMULI), default=1000, metavar="N",
+                   help="stimuli between validations with -learn [1000]")
+    t.add_argument("-log-epoch", type=_integer(0, MAX_EPOCHS), default=1, metavar="N",
+                   help="epochs between validations (0 = at the end only) [1]")
     t.add_argument("-valid-metric", default="Sensitivity", choices=METRICS, metavar="METRIC",
                    help="validation score for best-model selection [Sensitivity]")
-    t.add_argument("-stop-valid", type=int, default=0, metavar="N",
+    t.add_argument("-stop-valid", type=_integer(0, MAX_EPOCHS), default=0, metavar="N",
                    help="stop after N validations without improvement (0 = never) [0]")
-    t.add_argument("-w", metavar="DIR", help="import weights from an N2D2 weights folder")
-    t.add_argument("-l", metavar="DIR", help="resume from a saved state folder")
+    t.add_argument("-w", metavar="DIR", help="import weights from an N2D2 weights folder (-w DIR or -w=DIR)")
+    t.add_argument("-l", metavar="DIR", help="resume from a saved state folder (-l DIR or -l=DIR)")
     t.add_argument("-test", action="store_true", help="test (after learning, if learning)")
     q = p.add_argument_group("fusion and export")
     q.add_argument("-qat-fuse", "-qat-sat", dest="qat_fuse", action="store_true",
@@ -117,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system refused (read-only folder, full disk): the path and the reason
+        if debug:
+            traceback.print_exc()
+        where = f": '{err.filename}'" if err.filename else ""
+        print(f"error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
@@ -135,23 +190,29 @@ def run(args: argparse.Namespace) -> int:
     if not acting:
         print(qatrun.load(args.ini, args.set, kernels=args.kernels).summary())
         return 0
+    writes = bool(learning or args.qat_fuse or args.fuse or args.export)  # else: testing only, nothing written
     out_dir = Path(".")
-    with qatrun.Session.start(args.dev) as session:
+    with qatrun.Session.start(args.dev) as session, session.own_folder(out_dir, writes):
         seed = qatrun.resolve_seed(args.seed, out_dir, learning)
         network = qatrun.load(args.ini, args.set, seed=seed, kernels=args.kernels, device=session.device)
         network.target  # noqa: B018 - one target, checked before any data is read
+        _check_request(args, network)
         say = session.say
         say(network.summary())
         say(f"Using seed {seed} on {session.device}")
         data = network.open_data()
         for part, label in (("Learn", "Learning"), ("Validation", "Validation"), ("Test", "Testing")):
             say(f"{label} database size: {data.size(part)} images")
-        if session.is_main:
-            network.write_record(out_dir)
         network.to(session.device)
         if args.w and args.w != "/dev/null":
             network.load_weights(args.w, ignore_missing=True)
             say(f"Weights imported from '{args.w}'")
+        if args.l:
+            network.check_resume(args.l)
+        if args.test_onnx:
+            qatrun.network.open_onnx(args.test_onnx, data)  # a bad file is refused before any time is spent
+        if session.is_main and writes:
+            network.write_record(out_dir)  # everything is checked: from here on, the run writes
         if learning:
             network.learn(data, epochs=args.learn_epoch, stimuli=args.learn, out_dir=out_dir,
                           log_epoch=args.log_epoch, log_stimuli=args.log, valid_metric=args.valid_metric,
@@ -164,6 +225,17 @@ def run(args: argparse.Namespace) -> int:
         if not session.is_main:
             return 0  # fusion, verification and export run once, on rank 0
         return _fuse_and_export(args, network, data, out_dir, say)
+
+
+def _check_request(args: argparse.Namespace, network: Any) -> None:
+    """What the command line asks of the network that it cannot do, refused before anything is written."""
+    if not network.quantized:
+        if args.qat_fuse or "onnx-int" in args.export:
+            asked = "-qat-fuse" if args.qat_fuse else "-export onnx-int"
+            raise RunError(f"{asked} needs a quantized network (QWeight= / QAct= in the INI); -fuse folds "
+                           "BatchNorm of a float network")
+        if "onnx-qdq" in args.export:
+            raise RunError("-export onnx-qdq needs a quantized network (QWeight= / QAct= in the INI)")
 
 
 def _say_lines(say: Callable[[str], None], lines: Sequence[str]) -> None:
@@ -213,8 +285,6 @@ def _fuse_and_export(args: argparse.Namespace, network: Any, data: Any, out_dir:
             _say_lines(say, qatrun.train.test(folded, data.loader("Test", False)).test_lines())
     stem = Path(args.ini).stem
     names = {"onnx": f"{stem}.onnx", "onnx-qdq": f"{stem}-qdq.onnx", "onnx-int": f"{stem}-int.onnx"}
-    if "onnx-qdq" in args.export and not network.quantized:
-        raise RunError("-export onnx-qdq needs a quantized network (QWeight= / QAct= in the INI)")
     for kind in dict.fromkeys(args.export):
         report = network.export(kind, out_dir / names[kind], data, integer)
         say(report.summary())

@@ -24,6 +24,7 @@ a key left over is an error, before any data is loaded or any time is spent.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -208,6 +209,23 @@ class Network:
             DataError: a missing folder or file, or a file with the wrong number of values.
         """
         self.folders(ignore_missing).load(Path(folder))
+
+    def check_resume(self, folder: PathLike) -> None:
+        """Checks a ``net_state/`` folder before anything is written (``-l``): it holds a learning state, of
+        this network (the same tensors), saved with this seed. :meth:`learn` then restores it.
+
+        Raises:
+            RunError: no readable state, another network's, or another seed's.
+        """
+        state = train.load_state(Path(folder))
+        if state["seed"] != self.seed:
+            raise RunError(f"-l {folder}: the state was saved with -seed {state['seed']}; resume with the same "
+                           f"seed (not {self.seed})")
+        try:  # on a copy, as learn() will restore it: the network itself is left as it is
+            copy.deepcopy(self.gm).load_state_dict(state["model"])
+        except RuntimeError as exc:
+            detail = " ".join(str(exc).split())
+            raise RunError(f"-l {folder}: the state is not this network's: {detail[:300]}") from None
 
     def save_weights(self, folder: PathLike) -> None:
         """Writes the network's weights as an N2D2 weights folder, atomically."""
@@ -452,17 +470,31 @@ def quantize(
     return gm
 
 
+def open_onnx(path: PathLike, data_: data.Provider) -> export.OnnxModule:
+    """An ONNX file in onnxruntime, checked on the data: it loads, takes the data's images and runs on one.
+
+    Raises:
+        DataError: no such file, a file onnxruntime cannot read, an input of another shape, a failed run
+            (each naming the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"-test-onnx: no such file: {path}")
+    module = export.OnnxModule(path)
+    sample = sample_batch(data_, 1)
+    module.runner.check_input(tuple(sample.shape))
+    module(sample)
+    return module
+
+
 def test_onnx(path: PathLike, data_: data.Provider, partition: str = "Test") -> train.Metrics:
     """An ONNX file's scores in onnxruntime on a partition of the data, with the INI's preprocessing
     (``-test-onnx``).
 
     Raises:
-        DataError: no such file.
+        DataError: see :func:`open_onnx`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"-test-onnx: no such file: {path}")
-    return train.test(export.OnnxModule(path), data_.loader(partition, False))
+    return train.test(open_onnx(path, data_), data_.loader(partition, False))
 
 
 # ------------------------------------------------------------------------------------------ the summary
