@@ -34,6 +34,7 @@ from qatrun.export.onnx_int import INPUT_KINDS, export_int
 from qatrun.export.onnx_qdq import export_qdq
 from qatrun.export.runtime import OnnxModule, OnnxRunner, run_onnx
 from qatrun.export.sizes import LayerSize, WeightSizes, weight_sizes
+from qatrun.fuse.fold import refuse_non_finite
 
 KINDS = EXPORT_KINDS
 
@@ -60,12 +61,14 @@ def export(
         The report: file size, largest difference and the number of differing values.
 
     Raises:
-        RunError: an unknown kind, a missing int_gm, or a network part without an ONNX form.
+        RunError: an unknown kind, a missing int_gm, a network part without an ONNX form, or a parameter
+            that is not finite (refused before the file is written).
     """
     if kind not in KINDS:
         raise RunError(f"unknown export kind {kind!r}; expected one of {', '.join(KINDS)}")
     if input_kind not in INPUT_KINDS:
         raise RunError(f"integer ONNX input must be one of {', '.join(INPUT_KINDS)}, found {input_kind!r}")
+    refuse_non_finite(gm, f"export {kind}")
     path = Path(path)
     sample = sample_input.detach().cpu().float()
     network = copy.deepcopy(int_gm if kind == "onnx-int" else gm)

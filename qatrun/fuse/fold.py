@@ -33,6 +33,29 @@ BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 TRANSPARENT = (nn.Identity,)
 
 
+def refuse_non_finite(module: nn.Module, action: str) -> None:
+    """Refuses a network with a ``nan`` or ``inf`` parameter or floating buffer, before anything is written.
+
+    Args:
+        module: the network.
+        action: what would be done, for the message (``"fuse"``, ``"export onnx"``).
+
+    Raises:
+        RunError: ``"cannot <action>: <name> holds nan at index i (shape ...)"``, the first such tensor.
+    """
+    tensors = [*module.named_parameters(), *module.named_buffers()]
+    for name, tensor in tensors:
+        if not tensor.is_floating_point():
+            continue
+        flat = tensor.detach().reshape(-1)
+        bad = ~torch.isfinite(flat)
+        if bool(bad.any()):
+            index = int(bad.nonzero()[0, 0])
+            shape = "x".join(map(str, tensor.shape)) or "scalar"
+            raise RunError(f"cannot {action}: {name} holds {float(flat[index])} at index {index} (shape {shape}); "
+                           "a non-finite parameter has no integer or exported form")
+
+
 def bn_factor(running_var: Tensor, eps: float, gamma: Tensor | None, min_variance: float | None = None) -> Tensor:
     """The per-channel factor ``f = gamma / sqrt(var + eps)`` of a BatchNorm in evaluation, in float64.
 
@@ -154,6 +177,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[FoldedPair]
         ``(folded, pairs)``: the new GraphModule (the layer module replaced by its folded copy, the
         BatchNorm and the skipped Identity nodes removed) and what was folded, in graph order.
     """
+    refuse_non_finite(gm, "fold BatchNorm")
     folded = copy.deepcopy(gm)
     pairs: list[FoldedPair] = []
     for node in list(folded.graph.nodes):

@@ -46,7 +46,7 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from qatrun.errors import RunError
-from qatrun.fuse.fold import BATCHNORMS
+from qatrun.fuse.fold import BATCHNORMS, refuse_non_finite
 from qatrun.fuse.integerize import (
     INPUT_GRID,
     ActQuant,
@@ -525,7 +525,9 @@ def integerize(
         (int64), or float64 values for an unquantized output; ``report`` lists the integer layers.
 
     Raises:
-        RunError: a part of the network has no integer-only form (the message names the module).
+        RunError: a part of the network has no integer-only form (the message names the module), or a
+            parameter is not finite (the message names it).
     """
+    refuse_non_finite(gm, "fuse")
     builder = _Builder(gm, options or FuseOptions(), reader or DefaultReader())
     return builder.build()

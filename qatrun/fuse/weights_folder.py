@@ -13,19 +13,27 @@ values printed with 9 significant digits, float64 ones with 17), extended with `
 exact flavour and ``multiplier,shift`` for the integer rescaling modes; an empty clip means none. With
 those, the files describe the whole integer network.
 
-The folder is written atomically: into a temporary sibling directory, then renamed over the target.
+The folder is written atomically: into a temporary sibling directory, then renamed over the target, with
+SIGINT / SIGTERM held back during the swap and the clean-up, so that an interrupt leaves the old folder or the
+new one and no temporary or retired sibling. A layer with a non-finite weight or bias is refused before
+anything is written.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from qatrun.errors import RunError
 from qatrun.fuse.graph import FusedLayer, FuseReport
 
 SCALING_FILE = "activation_scaling.csv"
@@ -89,21 +97,68 @@ def write_weights_quantized(folder: str | os.PathLike[str], report: FuseReport) 
         The folder written.
     """
     target = Path(folder)
+    _refuse_non_finite(target, report)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    staging: Path | None = None
     try:
+        with _signals_deferred():  # a signal held back here fires at the end of the block, inside the try
+            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
         _write_into(staging, report)
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, retired / target.name)
-            os.replace(staging, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, target)
+        with _signals_deferred():
+            _swap(staging, target)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with _signals_deferred():
+            if staging is not None:  # gone already once swapped
+                shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _swap(staging: Path, target: Path) -> None:
+    """Renames ``staging`` over ``target``; whatever fails, nothing but ``target`` is left (old or new)."""
+    retired = target.with_name(f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}")
+    moved = False
+    try:
+        if target.exists():
+            os.replace(target, retired)
+            moved = True
+        os.replace(staging, target)
+    except BaseException:
+        if moved and not target.exists():
+            os.replace(retired, target)
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        if target.exists():  # never the last copy
+            shutil.rmtree(retired, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Holds SIGINT and SIGTERM back for the block (main thread only, where Python handles signals)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _refuse_non_finite(target: Path, report: FuseReport) -> None:
+    for layer in report.layers:
+        if layer.layer is None:
+            continue
+        tensors = {"weights": layer.layer.weight}
+        if layer.layer.has_bias:
+            tensors["biases"] = layer.layer.bias
+        for role, tensor in tensors.items():
+            flat = tensor.detach().reshape(-1)
+            if flat.is_floating_point() and not bool(torch.isfinite(flat).all()):
+                index = int((~torch.isfinite(flat)).nonzero()[0, 0])
+                raise RunError(f"cannot write {target}: {layer.name} {role} holds {float(flat[index])} at index "
+                               f"{index}; non-finite values are never written")
 
 
 def _write_into(folder: Path, report: FuseReport) -> None:

@@ -15,6 +15,7 @@ Typical use (``qatrun.network`` composes these)::
 from __future__ import annotations
 
 from qatrun.train.loop import (
+    Diverged,
     EntriesIO,
     Interrupted,
     LearnConfig,
@@ -25,10 +26,12 @@ from qatrun.train.loop import (
     WeightsIO,
     dist_info,
     evaluate,
+    check_same_network,
     learn,
     load_state,
     loss_value,
     save_state,
+    state_seed,
     test,
 )
 from qatrun.train.folders import NetworkFolders, quantizer_holders, weight_entries
@@ -59,6 +62,7 @@ from qatrun.train.wiring import SolverTriple, solver_triples
 
 __all__ = [
     "ADAM_KEYS",
+    "Diverged",
     "Entry",
     "EntriesIO",
     "Interrupted",
@@ -80,6 +84,7 @@ __all__ = [
     "SolverTriple",
     "WeightsIO",
     "atomic_folder",
+    "check_same_network",
     "choose_device",
     "confusion_update",
     "dist_info",
@@ -101,6 +106,7 @@ __all__ = [
     "save_state",
     "solver_group",
     "solver_triples",
+    "state_seed",
     "test",
     "versions",
     "weight_entries",

@@ -20,7 +20,7 @@ from torch import fx, nn
 
 from qatrun import net, quant
 from qatrun.errors import DataError
-from qatrun.train.weights import Entry, export_folder, file_path, import_folder, read_values
+from qatrun.train.weights import Entry, cell_file, export_folder, file_path, import_folder, read_values
 
 FLOAT_DIGITS = 6
 QUANTIZED_DIGITS = 10
@@ -101,21 +101,36 @@ class NetworkFolders:
         """Reads the folder into the network.
 
         Raises:
-            DataError: the folder or (unless ``ignore_missing``) one of its files is missing, or a file has
-                the wrong number of values.
+            DataError: the folder is missing or holds no file of the network (even with ``ignore_missing``:
+                a folder of another network, or an empty one, would otherwise leave every value as it was),
+                one of its files is missing (unless ``ignore_missing``), or a file has the wrong number of
+                values or a non-finite one.
         """
         folder = Path(folder)
         if not folder.is_dir():
             raise DataError(f"weights folder not found: {folder}")
         entries = [e for e in weight_entries(self.gm) if e.kind != "scalar"]
+        quantizer_files = [
+            (module, stem, folder / f"{file_path(stem)}.syntxt")
+            for cell_name, module in quantizer_holders(self.gm) for stem in module.n2d2_files(cell_name)
+        ]
+        looked_for = [path for entry in entries for path in _main_files(folder, entry)]
+        looked_for += [path for _, _, path in quantizer_files]
+        if looked_for and not any(path.is_file() for path in looked_for):
+            raise DataError(f"weights folder {folder} holds no file of this network (no {looked_for[0].name}, "
+                            f"nor a file of any of its other {len(entries) + len(quantizer_files) - 1} cells)")
         import_folder(folder, entries, ignore_missing=self.ignore_missing)
-        for cell_name, module in quantizer_holders(self.gm):
-            for stem in module.n2d2_files(cell_name):
-                path = folder / f"{file_path(stem)}.syntxt"
-                if path.is_file():
-                    module.load_n2d2_file(stem, read_values(path))
-                elif not self.ignore_missing:
-                    raise DataError(f"Could not open synaptic file: {path}")
-                else:
-                    print(f"Notice: Could not open synaptic file: {path} (the INI value is kept)", file=sys.stderr)
+        for module, stem, path in quantizer_files:
+            if path.is_file():
+                module.load_n2d2_file(stem, read_values(path))
+            elif not self.ignore_missing:
+                raise DataError(f"Could not open synaptic file: {path}")
+            else:
+                print(f"Notice: Could not open synaptic file: {path} (the INI value is kept)", file=sys.stderr)
 
+
+def _main_files(folder: Path, entry: Entry) -> list[Path]:
+    """The file(s) whose presence means the folder holds ``entry`` (its weights, or its BatchNorm scales)."""
+    if entry.kind == "bn":
+        return [cell_file(folder, entry.name, "scales.syntxt")]
+    return [cell_file(folder, entry.name, "weights.syntxt"), Path(f"{folder}/{file_path(entry.name)}.syntxt")]

@@ -15,8 +15,16 @@ go to ``weights/`` at each log point. ``-stop-valid N`` stops after N validation
 improvement (N2D2 only leaves an inner loop there and keeps learning; qatrun stops). After learning, the best
 weights are reloaded (and tested).
 
+A loss that is not finite (``nan``, ``inf``: a learning rate too large) stops learning with a :class:`Diverged`
+error naming the epoch and the step. The losses are checked every few steps (one host synchronisation) and
+always before anything is written (a log point, the end of an epoch, an interrupt), so the weights folders
+on disk keep the last weights saved before the bad step and ``nan`` is never taken for a best score.
+
 Interrupts: SIGINT / SIGTERM set a flag that is checked between steps; the full state (model, solver buffers
-and counters, progress, RNG states, seed) is then saved to ``net_state/`` and :class:`Interrupted` is raised.
+and counters, progress, RNG states, seed) is then saved to ``net_state/`` with the sha256 of ``state.pt`` in
+``state.pt.sha256``, and :class:`Interrupted` is raised. A resume refuses a damaged state (the checksum) and
+a state of another network (the first tensor whose name or shape differs); :func:`state_seed` gives the seed a
+resume must run with.
 ``learn(..., resume=dir)`` continues from it: the batches already done in the interrupted epoch are skipped, so
 an interrupted and resumed run is bit-for-bit the uninterrupted one on CPU. This needs loaders whose order is a
 function of (seed, epoch) only, not of torch's global random state.
@@ -31,6 +39,8 @@ averaged after each step (one message), confusion matrices are summed, and only 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import math
 import random
 import signal
@@ -49,12 +59,14 @@ from torch import nn
 
 from qatrun.errors import ConfigError, RunError
 from qatrun.train.metrics import METRICS, Metrics, confusion_update, percent, write_confusion
-from qatrun.train.weights import Entry, atomic_folder, export_folder, import_folder
+from qatrun.train.weights import Entry, atomic_folder, export_folder, import_folder, non_finite_index
 
 LOSSES = ("ce", "mse")
 STATE_FILE = "state.pt"
+CHECKSUM_FILE = STATE_FILE + ".sha256"
 STATE_FORMAT = 1
 _DIST_CHECK_EVERY = 4  # steps between the ranks' agreements on a pending interrupt
+_LOSS_CHECK_EVERY = 16  # steps between the checks that the losses are finite (each syncs the host)
 
 
 class Provider(Protocol):
@@ -105,8 +117,14 @@ class ModuleIO:
     model: nn.Module
 
     def save(self, folder: Path) -> None:
+        state = self.model.state_dict()
+        for name, tensor in state.items():
+            index = non_finite_index(tensor)
+            if index is not None:
+                raise RunError(f"cannot save {folder}: {name} holds {float(tensor.reshape(-1)[index])} at index "
+                               f"{index}; non-finite values are never written")
         with atomic_folder(folder) as tmp:
-            torch.save(self.model.state_dict(), tmp / "state_dict.pt")
+            torch.save(state, tmp / "state_dict.pt")
 
     def load(self, folder: Path) -> None:
         self.model.load_state_dict(torch.load(folder / "state_dict.pt", weights_only=True))
@@ -214,6 +232,10 @@ class LearnResult:
 
 class Interrupted(RunError):
     """Learning was interrupted (Ctrl-C, SIGTERM) and its state saved."""
+
+
+class Diverged(RunError):
+    """The loss became ``nan`` or infinite; learning stopped before writing anything of the bad step."""
 
 
 # ---------------------------------------------------------------------------------------------- losses
@@ -388,35 +410,85 @@ def save_state(
         "seed": seed,
         "meta": meta or {},
     }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
     with atomic_folder(folder) as tmp:
-        torch.save(state, tmp / STATE_FILE)
+        (tmp / STATE_FILE).write_bytes(data)
+        (tmp / CHECKSUM_FILE).write_text(f"{hashlib.sha256(data).hexdigest()}  {STATE_FILE}\n")
 
 
 def load_state(folder: Path) -> dict[str, Any]:
-    """Reads a state written by :func:`save_state`.
+    """Reads a state written by :func:`save_state`, checked against its sha256.
 
     Raises:
-        RunError: the folder holds no readable state.
+        RunError: the folder holds no state, no checksum, a state that does not match its checksum, or a
+            file that is not a state.
     """
     path = Path(folder) / STATE_FILE
+    side = Path(folder) / CHECKSUM_FILE
     if not path.is_file():
         raise RunError(f"no saved learning state in '{folder}' (expected {path})")
+    if not side.is_file():
+        raise RunError(f"{path}: no checksum beside it ({side}): not a complete learning state")
+    data = path.read_bytes()
+    expected = side.read_text().split()
+    if not expected or hashlib.sha256(data).hexdigest() != expected[0].lower():
+        raise RunError(f"{path}: the file does not match its checksum in {side}: the state is damaged")
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:  # a corrupt or foreign file: a user error, not a bug
+        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+    except Exception as exc:  # a foreign file: a user error, not a bug
         raise RunError(f"cannot read the learning state {path}: {exc}") from None
-    if state.get("format") != STATE_FORMAT:
-        raise RunError(f"{path}: unsupported state format {state.get('format')!r}")
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise RunError(f"{path}: unsupported state format {found!r}")
     return state
 
 
+def state_seed(folder: Path) -> int:
+    """The seed a saved state was learnt with: a resume (``-l``) runs with it (the Validation partition and
+    the data order depend on it).
+
+    Raises:
+        RunError: as :func:`load_state`.
+    """
+    return int(load_state(folder)["seed"])
+
+
+def check_same_network(saved: dict[str, torch.Tensor], model: nn.Module, source: Path) -> None:
+    """Refuses a saved ``state_dict`` of another network, naming the first tensor that differs.
+
+    Raises:
+        RunError: a tensor is missing on either side or has another shape.
+    """
+    here = model.state_dict()
+
+    def shape(t: Any) -> str:  # an extra state may be no tensor
+        return "x".join(map(str, getattr(t, "shape", ()))) or "scalar"
+
+    for name, tensor in here.items():
+        if name not in saved:
+            raise RunError(f"{source} was saved by another network: it has no tensor {name} ({shape(tensor)} here)")
+        if shape(saved[name]) != shape(tensor):
+            raise RunError(f"{source} was saved by another network: tensor {name} is {shape(saved[name])} there, "
+                           f"{shape(tensor)} here")
+    for name, tensor in saved.items():
+        if name not in here:
+            raise RunError(f"{source} was saved by another network: its tensor {name} ({shape(tensor)}) is not in "
+                           "this one")
+
+
 def _restore(
-    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, seed: int, rank: int
+    state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, seed: int, rank: int, source: Path
 ) -> Progress:
+    check_same_network(state["model"], model, source / STATE_FILE)
     if state["seed"] != seed:
-        raise RunError(f"the state was saved with -seed {state['seed']}; resume with the same seed (not {seed})")
+        raise RunError(f"{source} was saved with -seed {state['seed']}; resume with the same seed (not {seed})")
     model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise RunError(f"{source / STATE_FILE} was saved with other solvers: {exc}") from None
     rng = state["rng"]
     _set_rng_states(rng[rank] if rank < len(rng) else rng[0])  # a different world size reuses rank 0's
     progress = Progress(**state["progress"])
@@ -478,6 +550,7 @@ class _Run:
     sizes: list[int] = field(default_factory=list)
     correct: list[torch.Tensor] = field(default_factory=list)
     losses: list[torch.Tensor] = field(default_factory=list)
+    checked: int = 0  # the losses[:checked] are known to be finite
     stopped_early: bool = False
 
     @property
@@ -527,7 +600,7 @@ def learn(
         meta=meta or {},
     )
     if resume is not None:
-        run.progress = _restore(load_state(resume), model, optimizer, cfg.seed, rank)
+        run.progress = _restore(load_state(resume), model, optimizer, cfg.seed, rank, Path(resume))
     elif world > 1:
         _broadcast_model(model)
     _start(run, fresh=resume is None)
@@ -576,6 +649,8 @@ def _learn_epoch(run: _Run, requested: Callable[[], bool]) -> None:
         for x, y in batches:
             _learn_step(run, x, y)
             bar.update(x.shape[0] * run.world)
+            if p.step % _LOSS_CHECK_EVERY == 0:
+                _check_losses(run)
             if cfg.total_steps is not None and _stimuli_log_point(run):
                 _log_point(run)
             if p.done:
@@ -612,6 +687,29 @@ def _learn_step(run: _Run, x: torch.Tensor, y: torch.Tensor) -> None:
     p.seen += x.shape[0] * run.world
 
 
+def _check_losses(run: _Run) -> None:
+    """Raises :class:`Diverged` if a loss since the last check is not finite (all ranks agree)."""
+    fresh = run.losses[run.checked:]
+    if not fresh:
+        return
+    finite = torch.isfinite(torch.stack(fresh))
+    bad = not bool(finite.all())
+    run.checked = len(run.losses)
+    if not _any_rank(bad, run.device, run.world):
+        return
+    p = run.progress
+    if bad:
+        first = int((~finite).nonzero()[0, 0])
+        back = len(fresh) - first - 1  # steps done after the bad one
+        value = f"{float(fresh[first]):g}"
+    else:
+        back, value = 0, "not finite on another rank"
+    raise Diverged(
+        f"the loss is {value} at epoch {p.epoch + 1}, step {p.step - back} (batch {p.batch - back} of the epoch): "
+        "learning stopped; the weights folders keep the weights saved before it (is the learning rate too large?)"
+    )
+
+
 def _stimuli_log_point(run: _Run) -> bool:
     """``-learn N``: a validation every ``-log`` stimuli, and the end after ``ceil(N / B)`` steps."""
     p, cfg = run.progress, run.cfg
@@ -645,11 +743,13 @@ def _end_of_epoch(run: _Run, seconds: float) -> None:
 def _epoch_stats(run: _Run) -> list[tuple[int, int, float]]:
     """``(size, correct, loss)`` per batch of the epoch: one host synchronisation per epoch."""
     p = run.progress
+    _check_losses(run)
     if run.correct:
         correct = torch.stack(run.correct).tolist()
         losses = torch.stack(run.losses).double().tolist()
         p.epoch_log += list(zip(run.sizes, correct, losses))
     run.sizes, run.correct, run.losses = [], [], []
+    run.checked = 0
     return p.epoch_log
 
 
@@ -694,6 +794,7 @@ def _append_learning_curve(run: _Run, stats: list[tuple[int, int, float]]) -> No
 def _log_point(run: _Run) -> None:
     """Validation and best-weights selection, or periodic ``weights/`` without a Validation partition."""
     p, cfg = run.progress, run.cfg
+    _check_losses(run)
     if not run.has_validation:
         if run.writes:
             run.weights.save(cfg.out_dir / "weights")

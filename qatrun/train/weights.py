@@ -26,14 +26,21 @@ weights file is tolerated under ``-w`` (a notice) but a missing biases file of a
 
 The network is described by plain :class:`Entry` records (cell name, kind, tensors), so this module knows
 nothing of the graph. Folders are written atomically: into ``<dir>.tmp-<pid>``, then renamed over ``<dir>``.
+
+Non-finite values go neither way: a ``nan`` or ``inf`` in a file read is an error naming the file and the
+value's line and index (N2D2 reads them without a word), and a folder is not written when one of its tensors
+holds one (the error names the cell and the tensor), so that a diverged run can never pass for a saved one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,9 +150,37 @@ def export_folder(folder: str | os.PathLike[str], entries: Iterable[Entry], *, d
         entries: the cells' parameters.
         distrib: also write the ``*.distrib.dat`` weight distributions.
     """
+    entries = list(entries)
+    for entry in entries:
+        check_finite(entry, f"cannot save the weights folder {os.fspath(folder)}")
     with atomic_folder(folder) as tmp:
         for entry in entries:
             write_entry(tmp, entry, distrib=distrib)
+
+
+def non_finite_index(tensor: torch.Tensor) -> int | None:
+    """The row-major index of the first ``nan`` / ``inf`` of a tensor (``None``: all finite)."""
+    if not tensor.is_floating_point():
+        return None
+    bad = ~torch.isfinite(tensor.detach().reshape(-1))
+    if not bool(bad.any()):
+        return None
+    return int(bad.nonzero()[0, 0])
+
+
+def check_finite(entry: Entry, context: str) -> None:
+    """Refuses an entry with a non-finite value.
+
+    Raises:
+        DataError: ``"<context>: <cell> <role> holds nan at index i (shape ...)"``.
+    """
+    for role, tensor in entry.tensors.items():
+        index = non_finite_index(tensor)
+        if index is not None:
+            value = float(tensor.detach().reshape(-1)[index])
+            shape = "x".join(map(str, tensor.shape)) or "scalar"
+            raise DataError(f"{context}: {entry.name} {role} holds {value} at index {index} (shape {shape}); "
+                            "non-finite values are never written")
 
 
 def write_entry(folder: str | os.PathLike[str], entry: Entry, *, distrib: bool = True) -> None:
@@ -195,41 +230,87 @@ def atomic_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
 
     The files go to ``<folder>.tmp-<pid>``; on success the old folder is moved aside and the new one renamed
     into place (two renames), so an interrupted run leaves either the old or the new folder, never a half
-    written one. On failure the temporary folder is removed and ``folder`` is untouched.
+    written one. On failure (an exception, Ctrl-C included) the temporary folder is removed and ``folder`` is
+    untouched. The swap and the clean-up run with SIGINT / SIGTERM held back (:func:`signals_deferred`): a
+    signal that arrives there takes effect once they are done, so no ``.tmp-`` or ``.old-`` folder is left.
     """
     target = Path(folder)
     tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     old = target.with_name(f"{target.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
+        with signals_deferred():  # a signal held back here fires at the end of the block, inside the try
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with signals_deferred():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    with signals_deferred():
+        swap_folder(tmp, target, old)
+
+
+def swap_folder(new: Path, target: Path, old: Path) -> None:
+    """Renames ``new`` over ``target`` (moving the old ``target`` to ``old``, then removing it).
+
+    A failed rename puts the old folder back and removes ``new``: either way nothing but ``target`` is left.
+    """
+    moved = False
+    try:
+        if target.exists():
+            target.rename(old)
+            moved = True
+        new.rename(target)
+    except BaseException:
+        if moved and not target.exists():
+            old.rename(target)
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    finally:
+        if target.exists():  # never the last copy
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Holds SIGINT and SIGTERM back for the block (in the main thread, where Python handles signals)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # ---------------------------------------------------------------------------------------------- import
 
 
 def read_values(path: str | os.PathLike[str]) -> torch.Tensor:
-    """All whitespace-separated numbers of a text file, as float64 (``-0``, ``nan`` and ``inf`` accepted).
+    """All whitespace-separated numbers of a text file, as float64 (``-0`` accepted, ``nan`` and ``inf`` not).
 
     Raises:
-        DataError: the file cannot be read or holds something that is not a number.
+        DataError: the file cannot be read, holds something that is not a number, or a non-finite number
+            (the message gives its line and its index among the file's values).
     """
     try:
-        tokens = Path(path).read_text().split()
+        text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"Could not open synaptic file: {os.fspath(path)} ({exc})") from None
-    try:
-        return torch.tensor([float(t) for t in tokens], dtype=torch.float64)
-    except ValueError as exc:
-        raise DataError(f"Error while reading synaptic file: {os.fspath(path)} ({exc})") from None
+    values: list[float] = []
+    for line_number, line in enumerate(text.splitlines(), 1):
+        for token in line.split():
+            try:
+                value = float(token)
+            except ValueError as exc:
+                raise DataError(f"Error while reading synaptic file: {os.fspath(path)} ({exc})") from None
+            if not math.isfinite(value):
+                raise DataError(f"{os.fspath(path)}:{line_number}: value {len(values)} is {token}: a weights "
+                                "file must hold finite numbers")
+            values.append(value)
+    return torch.tensor(values, dtype=torch.float64)
 
 
 def _fill(path: Path, values: torch.Tensor, targets: Sequence[tuple[torch.Tensor, torch.Tensor | None]]) -> None:
