@@ -193,7 +193,9 @@ def run(args: argparse.Namespace) -> int:
     writes = bool(learning or args.qat_fuse or args.fuse or args.export)  # else: testing only, nothing written
     out_dir = Path(".")
     with qatrun.Session.start(args.dev) as session, session.own_folder(out_dir, writes):
-        seed = qatrun.resolve_seed(args.seed, out_dir, learning)
+        # -l alone resumes with the seed the state was learnt with (its partitions and data order).
+        seed = qatrun.resolve_seed(args.seed or (qatrun.train.state_seed(Path(args.l)) if args.l else 0),
+                                   out_dir, learning)
         network = qatrun.load(args.ini, args.set, seed=seed, kernels=args.kernels, device=session.device)
         network.target  # noqa: B018 - one target, checked before any data is read
         _check_request(args, network)
@@ -201,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         say(network.summary())
         say(f"Using seed {seed} on {session.device}")
         data = network.open_data()
+        say(f"Database folder: {data.source} ({data.origin})")
         for part, label in (("Learn", "Learning"), ("Validation", "Validation"), ("Test", "Testing")):
             say(f"{label} database size: {data.size(part)} images")
         network.to(session.device)

@@ -273,16 +273,25 @@ def swap_folder(new: Path, target: Path, old: Path) -> None:
 
 @contextlib.contextmanager
 def signals_deferred() -> Iterator[None]:
-    """Holds SIGINT and SIGTERM back for the block (in the main thread, where Python handles signals)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
+    """Holds SIGINT and SIGTERM back for the block, then delivers them to the handlers of before.
+
+    Python runs signal handlers in the main thread whichever thread the signal reached (torch's worker
+    threads included, which a signal mask of the main thread alone would not cover), so the block records them
+    with handlers of its own and raises them again at its end.
+    """
+    held = (signal.SIGINT, signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or any(signal.getsignal(s) is None for s in held):
+        yield  # handlers installed outside Python could not be put back
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    received: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(received):
+            signal.raise_signal(s)
 
 
 # ---------------------------------------------------------------------------------------------- import

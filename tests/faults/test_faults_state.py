@@ -93,8 +93,6 @@ def test_sigterm_then_resume_with_the_state_seed(mnist_small: Path, tmp_path: Pa
     _no_stray(tmp_path)
 
 
-@pytest.mark.xfail(strict=True, reason="the command must take the state's seed under -l without -seed "
-                                       "(cli.py: qatrun.train.state_seed)")
 def test_resume_without_seed(interrupted: Path, mnist_small: Path, tmp_path: Path) -> None:
     work = _copy(interrupted, tmp_path)
     proc = run_qatrun([LENET, *data_args(mnist_small), "-learn", STIMULI, "-log", "100000", "-l", "net_state"], work)
