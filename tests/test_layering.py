@@ -31,10 +31,11 @@ ROOT = Path(__file__).resolve().parents[1] / "qatrun"
 # offered) and "ini"; then data, net and quant; train (which wires solvers and weights folders onto a built,
 # quantized network); fuse and export; "network", the public API composing them; the command over it, which
 # reaches the API through ``import qatrun`` alone.
-_BASE = {"errors", "options"}
+_BASE = {"errors", "options", "files"}
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "options": set(),
+    "files": set(),
     "ini": {"errors"},
     "data": _BASE | {"ini"},
     "net": _BASE | {"ini"},
@@ -47,7 +48,7 @@ ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
     "__init__": _BASE | {"ini", "data", "net", "quant", "train", "fuse", "export", "network"},
 }
-STDLIB_ONLY = {"errors", "options", "ini"}
+STDLIB_ONLY = {"errors", "options", "files", "ini"}
 THIRD_PARTY_SEEN = {"torch", "numpy", "onnx", "onnxruntime", "onnx2torch", "tqdm", "matplotlib"}
 
 

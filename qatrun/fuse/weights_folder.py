@@ -21,19 +21,14 @@ anything is written.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import signal
-import tempfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from qatrun.errors import RunError
+from qatrun.files import atomic_folder
 from qatrun.fuse.graph import FusedLayer, FuseReport
 
 SCALING_FILE = "activation_scaling.csv"
@@ -99,51 +94,9 @@ def write_weights_quantized(folder: str | os.PathLike[str], report: FuseReport) 
     target = Path(folder)
     _refuse_non_finite(target, report)
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging: Path | None = None
-    try:
-        with _signals_deferred():  # a signal held back here fires at the end of the block, inside the try
-            staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    with atomic_folder(target) as staging:
         _write_into(staging, report)
-        with _signals_deferred():
-            _swap(staging, target)
-    except BaseException:
-        with _signals_deferred():
-            if staging is not None:  # gone already once swapped
-                shutil.rmtree(staging, ignore_errors=True)
-        raise
     return target
-
-
-def _swap(staging: Path, target: Path) -> None:
-    """Renames ``staging`` over ``target``; whatever fails, nothing but ``target`` is left (old or new)."""
-    retired = target.with_name(f".{target.name}.old-{staging.name.rsplit('-', 1)[-1]}")
-    moved = False
-    try:
-        if target.exists():
-            os.replace(target, retired)
-            moved = True
-        os.replace(staging, target)
-    except BaseException:
-        if moved and not target.exists():
-            os.replace(retired, target)
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    finally:
-        if target.exists():  # never the last copy
-            shutil.rmtree(retired, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
-    """Holds SIGINT and SIGTERM back for the block (main thread only, where Python handles signals)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _refuse_non_finite(target: Path, report: FuseReport) -> None:

@@ -20,7 +20,7 @@ import torch
 
 import qatrun
 from qatrun.fuse import weights_folder
-from qatrun.train import weights as train_weights
+from qatrun import files
 from qatrun.train.loop import state_seed
 from tests.faults.conftest import LENET, QAT, assert_refused, data_args, run_qatrun, snapshot
 
@@ -169,7 +169,7 @@ def test_weights_quantized_swap_interrupted(nth: int, mnist_small: Path, tmp_pat
     integer.save(target)
     (target / "marker").write_text("old")
     before = snapshot(tmp_path)
-    _interrupt_call(monkeypatch, weights_folder.os, "replace", nth)
+    _interrupt_call(monkeypatch, Path, "rename", nth)
     with pytest.raises(KeyboardInterrupt):
         integer.save(target)
     assert snapshot(tmp_path) == before  # the old folder, whole, and nothing beside it
@@ -193,7 +193,7 @@ def test_atomic_folder_swap_interrupted(nth: int, tmp_path: Path, monkeypatch: p
     before = snapshot(tmp_path)
     _interrupt_call(monkeypatch, Path, "rename", nth)
     with pytest.raises(KeyboardInterrupt):
-        with train_weights.atomic_folder(target) as tmp:
+        with files.atomic_folder(target) as tmp:
             (tmp / "a.syntxt").write_text("new")
     assert snapshot(tmp_path) == before
 
@@ -202,7 +202,7 @@ def test_swap_holds_signals_back(tmp_path: Path) -> None:
     received: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
     try:
-        with train_weights.signals_deferred():
+        with files.signals_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             held = list(received)
         assert held == [] and received == [signal.SIGINT]
