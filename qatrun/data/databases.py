@@ -255,8 +255,9 @@ def _first_existing(folder: Path, names: Sequence[str]) -> Path | None:
 class MnistIdx(Database):
     """``MNIST_IDX_Database``: IDX files, raw or ``.gz``; train -> Learn/Validation, t10k -> Test.
 
-    When neither ``DataPath`` nor ``$N2D2_DATA/mnist`` exists, the copy shipped with qatrun
-    (``qatrun/data/mnist``) is used; an existing folder that lacks one of the four files is an error.
+    Without ``DataPath``, when ``$N2D2_DATA/mnist`` does not exist, the copy shipped with qatrun
+    (``qatrun/data/mnist``) is used; a ``DataPath`` that does not exist, or an existing folder that lacks one of
+    the four files, is an error.
     """
 
     type_name: ClassVar[str] = "MNIST_IDX_Database"
@@ -277,7 +278,9 @@ class MnistIdx(Database):
 
     def candidates(self) -> list[tuple[Path, str]]:
         found = super().candidates()
-        if self.shipped is not None:
+        # A DataPath the user wrote names their data: if it does not exist, that is an error, not the MNIST
+        # that ships with qatrun (a typo would otherwise train on another data set).
+        if self.shipped is not None and not self.data_path:
             found.append((self.shipped, "copy shipped with qatrun"))
         return found
 

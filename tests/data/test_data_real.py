@@ -25,11 +25,10 @@ def read_dat(path: Path) -> list[str]:
     return path.read_text().split()
 
 
-def test_shipped_mnist_sizes_and_labels() -> None:
+def test_shipped_mnist_sizes_and_labels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("N2D2_DATA", str(REPO / "absent"))  # no DataPath, no $N2D2_DATA/mnist: the shipped copy
     spec = DataSpec.from_doc(
-        doc(
-            f"[database]\nType=MNIST_IDX_Database\nDataPath={REPO}/absent\nRandomPartitioning=0\n[sp]\nSizeX=28\nSizeY=28\n"
-        )
+        doc("[database]\nType=MNIST_IDX_Database\nRandomPartitioning=0\n[sp]\nSizeX=28\nSizeY=28\n")
     )
     provider = spec.open(seed=1)
     assert provider.source == SHIPPED_MNIST

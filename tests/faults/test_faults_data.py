@@ -84,6 +84,14 @@ def test_incomplete_data_path_is_an_error_not_the_shipped_mnist(tmp_path: Path, 
     assert "(DataPath)" in line
 
 
+def test_data_path_that_does_not_exist_is_an_error_not_the_shipped_mnist(tmp_path: Path) -> None:
+    # before: a DataPath with a typo trained and tested on the MNIST that ships with qatrun, exit 0
+    typo = tmp_path / "mnsit"
+    before = snapshot(tmp_path)
+    proc = run_qatrun([LENET, "-test", *data_args(typo)], tmp_path)
+    assert_refused(proc, str(typo), "(DataPath)", before=before, folder=tmp_path)
+
+
 def test_incomplete_n2d2_data_folder_is_an_error(tmp_path: Path, mnist_small: Path) -> None:
     # before: the shipped MNIST was read instead, exit 0
     root = tmp_path / "n2d2_data"
