@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from qatrun.errors import DataError
+from qatrun.errors import DataError, RunError
 from qatrun.files import atomic_folder
 
 KINDS = ("conv", "fc", "bn", "scalar")
@@ -204,8 +204,11 @@ def write_entry(folder: str | os.PathLike[str], entry: Entry, *, distrib: bool =
             files[f"{suffix}.syntxt"] = format_value(float(tensor.detach().reshape(())), digits)
     for suffix, text in files.items():
         path = cell_file(folder, entry.name, suffix)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        except OSError as err:  # a full disk, a folder turned read-only: the file named, one line
+            raise RunError(f"cannot write the weights file '{path}': {err.strerror or err}") from None
 
 
 def _distributions(entry: Entry) -> dict[str, str]:
