@@ -232,13 +232,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _check_request(args: argparse.Namespace, network: Any) -> None:
     """What the command line asks of the network that it cannot do, refused before anything is written."""
-    if not network.quantized:
-        if args.qat_fuse or "onnx-int" in args.export:
-            asked = "-qat-fuse" if args.qat_fuse else "-export onnx-int"
-            raise RunError(f"{asked} needs a quantized network (QWeight= / QAct= in the INI); -fuse folds "
-                           "BatchNorm of a float network")
-        if "onnx-qdq" in args.export:
-            raise RunError("-export onnx-qdq needs a quantized network (QWeight= / QAct= in the INI)")
+    if args.qat_fuse or "onnx-int" in args.export:
+        network.require_quantized("-qat-fuse needs" if args.qat_fuse else "-export onnx-int needs")
+    if "onnx-qdq" in args.export:
+        network.require_quantized("-export onnx-qdq needs", integer_form=False)
 
 
 def _say_lines(say: Callable[[str], None], lines: Sequence[str]) -> None:

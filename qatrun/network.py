@@ -172,6 +172,20 @@ class Network:
                               targets[-1].section.location)
         return targets[0]
 
+    def require_quantized(self, asking: str, integer_form: bool = True) -> None:
+        """Refuses what only a quantized network has (its integer form, its QDQ file) on a float one.
+
+        Args:
+            asking: what asks for it, the start of the message (``-qat-fuse needs``).
+            integer_form: the integer network is asked for: the message points to ``-fuse``.
+
+        Raises:
+            RunError: the INI quantizes no layer.
+        """
+        if not self.quantized:
+            hint = "; -fuse folds BatchNorm of a float network" if integer_form else ""
+            raise RunError(f"{asking} a quantized network (QWeight= / QAct= in the INI){hint}")
+
     def summary(self) -> str:
         """One row per layer (type, inputs, output shape, parameters, MACs, quantizers), then the totals."""
         return _format_summary(self.gm)
@@ -306,9 +320,7 @@ class Network:
         Raises:
             RunError: the network has no quantizer, or a part without an integer form.
         """
-        if not self.quantized:
-            raise RunError("-qat-fuse and -export onnx-int need a quantized network (QWeight= / QAct= in the "
-                           "INI); -fuse folds BatchNorm of a float network")
+        self.require_quantized("-qat-fuse and -export onnx-int need")
         return integerize(self.gm, options or fuse.FuseOptions(**settings))
 
     def fold_batchnorm(self) -> tuple[fx.GraphModule, list[fuse.FoldedPair]]:
@@ -332,8 +344,8 @@ class Network:
             raise RunError(f"unknown export kind {kind!r}; expected one of {', '.join(EXPORT_KINDS)}")
         if kind == "onnx-int":
             return (integer or self.fuse()).export(path, data_)
-        if kind == "onnx-qdq" and not self.quantized:
-            raise RunError("-export onnx-qdq needs a quantized network (QWeight= / QAct= in the INI)")
+        if kind == "onnx-qdq":
+            self.require_quantized("-export onnx-qdq needs", integer_form=False)
         self.gm.eval()
         return export.export(kind, self.gm, None, Path(path), sample_batch(data_))
 

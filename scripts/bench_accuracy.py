@@ -39,7 +39,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from qatrun.data.formats import write_idx_subset
+from qatrun.data.formats import write_mnist_subset
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "models"
@@ -176,12 +176,7 @@ def method_ini(qat_text: str, method: str) -> str:
 
 def mnist_subset(folder: Path, learn: int, test: int) -> Path:
     """The first ``learn`` training and ``test`` test images of the shipped MNIST, as IDX files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, count in (("train", learn), ("t10k", test)):
-        for kind in ("images-idx3", "labels-idx1"):
-            stem = f"{name}-{kind}-ubyte.gz"
-            write_idx_subset(MNIST / stem, folder / stem, count)
-    return folder
+    return write_mnist_subset(MNIST, folder, learn, test)
 
 
 def final_rate(output: str) -> float | None:

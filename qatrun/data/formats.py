@@ -221,3 +221,15 @@ def write_idx_subset(source: Path, target: Path, count: int) -> None:
     start = 4 + 4 * ndim
     header = data[:4] + count.to_bytes(4, "big") + data[8:start]
     target.write_bytes(gzip.compress(header + data[start : start + count * item], mtime=0))
+
+
+
+def write_mnist_subset(source: Path, folder: Path, learn: int, test: int) -> Path:
+    """The first ``learn`` training and ``test`` test items of the four MNIST IDX files in ``source``, written
+    into ``folder`` (created) by :func:`write_idx_subset`; returns ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, count in (("train", learn), ("t10k", test)):
+        for kind in ("images-idx3", "labels-idx1"):
+            stem = f"{name}-{kind}-ubyte.gz"
+            write_idx_subset(source / stem, folder / stem, count)
+    return folder

@@ -32,7 +32,7 @@ from qatrun.quant.modules import (
     QuantLinear,
 )
 from qatrun.quant.prepare import describe, prepare, quantize_module, unprepare
-from qatrun.quant.protocols import ActivationQuantizer, HoldsN2D2Files, WeightQuantizer
+from qatrun.quant.protocols import ActivationQuantizer, HoldsN2D2Files, Quantizer, WeightQuantizer
 from qatrun.quant.registry import METHODS, Method, build_act_quantizer, build_weight_quantizer, method
 from qatrun.quant.sat import SATActivationQuantizer, SATActSpec, SATWeightQuantizer, SATWeightSpec
 from qatrun.quant.spec import QuantSpec, bits
@@ -55,6 +55,7 @@ __all__ = [
     "QuantConvTranspose2d",
     "QuantLinear",
     "QuantPlan",
+    "Quantizer",
     "QuantSpec",
     "QuantizedActivation",
     "QuantizedWeightLayer",

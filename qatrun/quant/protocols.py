@@ -39,10 +39,8 @@ class HoldsN2D2Files(Protocol):
 
 
 @runtime_checkable
-class ActivationQuantizer(HoldsN2D2Files, Protocol):
-    """An activation quantizer (an ``nn.Module``): ``quantizer(x)`` is the fake-quantized ``x``, same shape.
-
-    Built as ``cls(spec, kernels=...)``.
+class Quantizer(HoldsN2D2Files, Protocol):
+    """What every quantizer (an ``nn.Module``) has, whichever tensor it quantizes.
 
     Attributes:
         PARAMETER_MIN: parameter name -> the lowest value the solver leaves it (LSQ's step size).
@@ -55,33 +53,28 @@ class ActivationQuantizer(HoldsN2D2Files, Protocol):
     def __call__(self, x: Tensor) -> Tensor: ...
 
     def describe(self) -> str:
-        """A short label for the network summary: ``SAT a4``, ``LSQ a8``."""
+        """A short label for the network summary: ``SAT a4``, ``LSQ w8``."""
         ...
 
 
 @runtime_checkable
-class WeightQuantizer(HoldsN2D2Files, Protocol):
-    """A layer's weight quantizer (an ``nn.Module``): ``quantizer(w)`` is ``Wq``, the fake-quantized weights.
+class ActivationQuantizer(Quantizer, Protocol):
+    """An activation quantizer: ``quantizer(x)`` is the fake-quantized ``x``, same shape.
 
-    Built as ``cls(spec, n_out=..., channel_axis=..., kernels=...)``.
-
-    Attributes:
-        PARAMETER_MIN: parameter name -> the lowest value the solver leaves it (LSQ's step size).
-        kernels: the training step's kernels.
+    Built as ``cls(spec, kernels=...)``.
     """
 
-    PARAMETER_MIN: ClassVar[Mapping[str, float]]
-    kernels: Kernels
 
-    def __call__(self, w: Tensor) -> Tensor: ...
+@runtime_checkable
+class WeightQuantizer(Quantizer, Protocol):
+    """A layer's weight quantizer: ``quantizer(w)`` is ``Wq``, the fake-quantized weights.
+
+    Built as ``cls(spec, n_out=..., channel_axis=..., kernels=...)``.
+    """
 
     @property
     def integer(self) -> bool:
         """True when the layer computes with the integer levels (``QWeight.Mode=Integer``)."""
-        ...
-
-    def describe(self) -> str:
-        """A short label for the network summary: ``SAT w4``, ``LSQ w8``."""
         ...
 
     def integer_forward(self, w: Tensor) -> tuple[Tensor, Tensor]:

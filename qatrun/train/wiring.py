@@ -62,7 +62,7 @@ def solver_triples(doc: Document, gm: fx.GraphModule, plans: Mapping[str, quant.
     return triples
 
 
-def _quantizer_triples(prefix: str, quantizer: quant.WeightQuantizer | quant.ActivationQuantizer,
+def _quantizer_triples(prefix: str, quantizer: quant.Quantizer,
                        plan: quant.SolverPlan | None) -> list[SolverTriple]:
     assert isinstance(quantizer, nn.Module), type(quantizer)
     config = SolverConfig.from_plan(plan)

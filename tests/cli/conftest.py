@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from qatrun.data.formats import write_idx_subset
+from qatrun.data.formats import write_mnist_subset
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "qatrun" / "data" / "mnist"
@@ -15,9 +15,4 @@ SHIPPED = REPO / "qatrun" / "data" / "mnist"
 @pytest.fixture(scope="session")
 def mnist_subset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Genuine MNIST, cut to its first 6,000 training and 1,000 test images."""
-    folder = tmp_path_factory.mktemp("mnist-subset")
-    for name, count in (("train", 6000), ("t10k", 1000)):
-        for kind in ("images-idx3", "labels-idx1"):
-            stem = f"{name}-{kind}-ubyte.gz"
-            write_idx_subset(SHIPPED / stem, folder / stem, count)
-    return folder
+    return write_mnist_subset(SHIPPED, tmp_path_factory.mktemp("mnist-subset"), 6000, 1000)

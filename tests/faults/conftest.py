@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qatrun.data.formats import write_idx_subset
+from qatrun.data.formats import write_mnist_subset
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "qatrun" / "data" / "mnist"
@@ -67,12 +68,12 @@ def assert_refused(proc: subprocess.CompletedProcess[str], *names: str, status: 
 @pytest.fixture(scope="session")
 def mnist_small(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Genuine MNIST cut to its first 1,000 training and 200 test images (seconds per epoch)."""
-    folder = tmp_path_factory.mktemp("mnist-small")
-    for name, count in (("train", 1000), ("t10k", 200)):
-        for kind in ("images-idx3", "labels-idx1"):
-            stem = f"{name}-{kind}-ubyte.gz"
-            write_idx_subset(SHIPPED / stem, folder / stem, count)
-    return folder
+    return write_mnist_subset(SHIPPED, tmp_path_factory.mktemp("mnist-small"), 1000, 200)
+
+
+def copy_run(source: Path, tmp_path: Path) -> Path:
+    """A private copy of a run folder made by a fixture, for one case to change."""
+    return Path(shutil.copytree(source, tmp_path / "run"))
 
 
 def data_args(folder: Path) -> list[str]:

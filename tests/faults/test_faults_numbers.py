@@ -17,7 +17,7 @@ import torch
 import qatrun
 from qatrun.errors import DataError, RunError
 from qatrun.train import read_values
-from tests.faults.conftest import LENET, QAT, assert_refused, data_args, run_qatrun, snapshot
+from tests.faults.conftest import LENET, QAT, assert_refused, copy_run, data_args, run_qatrun, snapshot
 
 
 def _sets(mnist_small: Path) -> list[str]:
@@ -37,12 +37,6 @@ def trained(mnist_small: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return folder
 
 
-def _copy(source: Path, tmp_path: Path) -> Path:
-    work = tmp_path / "run"
-    shutil.copytree(source, work)
-    return work
-
-
 def _all_finite(folder: Path) -> None:
     for path in folder.rglob("*.syntxt"):
         read_values(path)  # raises on nan / inf
@@ -52,7 +46,7 @@ def _all_finite(folder: Path) -> None:
 
 
 def test_nan_loss_stops_and_keeps_the_best_weights(trained: Path, mnist_small: Path, tmp_path: Path) -> None:
-    work = _copy(trained, tmp_path)
+    work = copy_run(trained, tmp_path)
     before = snapshot(work / "weights_validation")
     proc = run_qatrun([LENET, *data_args(mnist_small), *DIVERGE, "-learn-epoch", "1", "-seed", "3"], work)
     line = assert_refused(proc, "loss is nan", "epoch 1", "step ", before=before, folder=work / "weights_validation")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,7 @@ import qatrun
 from qatrun.fuse import weights_folder
 from qatrun import files
 from qatrun.train.loop import state_seed
-from tests.faults.conftest import LENET, QAT, assert_refused, data_args, run_qatrun, snapshot
+from tests.faults.conftest import LENET, QAT, assert_refused, copy_run, data_args, run_qatrun, snapshot
 
 STIMULI = "4000"  # 32 steps of 128: 4 epochs of mnist_small's 800 Learn images
 
@@ -57,12 +56,6 @@ def interrupted(mnist_small: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return folder
 
 
-def _copy(source: Path, tmp_path: Path) -> Path:
-    work = tmp_path / "run"
-    shutil.copytree(source, work)
-    return work
-
-
 def _seed(folder: Path) -> str:
     return (folder / "seed.dat").read_text().strip()
 
@@ -94,7 +87,7 @@ def test_sigterm_then_resume_with_the_state_seed(mnist_small: Path, tmp_path: Pa
 
 
 def test_resume_without_seed(interrupted: Path, mnist_small: Path, tmp_path: Path) -> None:
-    work = _copy(interrupted, tmp_path)
+    work = copy_run(interrupted, tmp_path)
     proc = run_qatrun([LENET, *data_args(mnist_small), "-learn", STIMULI, "-log", "100000", "-l", "net_state"], work)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -108,7 +101,7 @@ def test_resume_without_seed(interrupted: Path, mnist_small: Path, tmp_path: Pat
 ])
 def test_state_of_another_network(ini: str, sets: list[str], names: list[str], interrupted: Path,
                                   mnist_small: Path, tmp_path: Path) -> None:
-    work = _copy(interrupted, tmp_path)
+    work = copy_run(interrupted, tmp_path)
     before = snapshot(work / "net_state")
     proc = run_qatrun([ini, *data_args(mnist_small), *sets, "-learn", STIMULI, "-seed", _seed(work),
                        "-l", "net_state"], work)
@@ -117,7 +110,7 @@ def test_state_of_another_network(ini: str, sets: list[str], names: list[str], i
 
 @pytest.mark.parametrize("damage", ["flipped byte", "truncated", "no checksum", "other checksum"])
 def test_damaged_state(damage: str, interrupted: Path, mnist_small: Path, tmp_path: Path) -> None:
-    work = _copy(interrupted, tmp_path)
+    work = copy_run(interrupted, tmp_path)
     state = work / "net_state" / "state.pt"
     data = bytearray(state.read_bytes())
     if damage == "flipped byte":
