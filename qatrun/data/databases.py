@@ -761,19 +761,165 @@ class Ilsvrc2012(Database):
         return Stimuli(labels, self._partition(n_train, len(files), seed), label_names, folder, files=files)
 
 
+@dataclass(frozen=True)
+class Gtsrb(Database):
+    """``GTSRB_DIR_Database``: the German Traffic Sign Recognition Benchmark as distributed.
+
+    ``Final_Training/Images/<class>/*.ppm`` (43 folders ``00000`` .. ``00042``, the folder number is the
+    label) -> Learn / Validation (``Validation`` fraction, drawn over all training images, as N2D2's
+    ``partitionStimuli(1 - Validation, Validation, 0)``); ``Final_Test/Images/*.ppm`` with its labels in
+    ``GT-final_test.csv`` (the file of the ``GTSRB_Final_Test_GT`` download, ``Filename;...;ClassId``) ->
+    Test. Images are decoded on demand (BGR, each of its own size: add a ``RescaleTransformation``).
+    """
+
+    type_name: ClassVar[str] = "GTSRB_DIR_Database"
+    default_subdir: ClassVar[str] = "GTSRB"
+    keys: ClassVar[tuple[Key, ...]] = (
+        VALIDATION,
+        Key("ExtractROIs", "bool", False, "crop each image to the sign's box of the CSV files (not supported)"),
+    )
+    nb_classes: ClassVar[int] = 43
+    train_dir: ClassVar[str] = "Final_Training/Images"
+    test_dir: ClassVar[str] = "Final_Test/Images"
+    test_labels: ClassVar[str] = "GT-final_test.csv"
+
+    def validate(self, section: Section) -> None:
+        self._check_fraction(section, "Validation", self.settings["Validation"])
+        if self.settings["ExtractROIs"]:
+            raise section.error("ExtractROIs", "is not supported by qatrun (only 0: the whole image)")
+
+    def _needed(self, folder: Path) -> list[Path]:
+        return [folder / self.train_dir, folder / self.test_dir, folder / self.test_dir / self.test_labels]
+
+    def required(self, folder: Path) -> list[Path] | None:
+        needed = self._needed(folder)
+        return needed if all(path.exists() for path in needed) else None
+
+    def wanted(self) -> str:
+        return f"{self.train_dir}/, {self.test_dir}/ and {self.test_dir}/{self.test_labels}"
+
+    def missing(self, folder: Path) -> str:
+        return ", ".join(str(path) for path in self._needed(folder) if not path.exists())
+
+    def how_to_get(self) -> str:
+        return (
+            "Extract GTSRB_Final_Training_Images.zip, GTSRB_Final_Test_Images.zip and GTSRB_Final_Test_GT.zip "
+            "(benchmark.ini.rub.de) into one of these folders (GT-final_test.csv goes into Final_Test/Images), "
+            "or set DataPath in [database]."
+        )
+
+    def catalog(self) -> tuple[Path, list[Path], torch.Tensor, int]:
+        """Files, labels, and how many files are training images."""
+        folder, (train_dir, test_dir, test_csv) = self.locate()
+        files: list[Path] = []
+        labels: list[int] = []
+        for sub in sorted(p for p in train_dir.iterdir() if p.is_dir()):
+            if not sub.name.isdigit() or int(sub.name) >= self.nb_classes:
+                raise DataError(f"{sub}: expected class folders 00000 .. {self.nb_classes - 1:05d}",
+                                Location(str(sub)))
+            found = list_images(sub, 0, ("ppm",))
+            files += found
+            labels += [int(sub.name)] * len(found)
+        n_train = len(files)
+        for number, line in enumerate(test_csv.read_text().splitlines(), 1):
+            fields = line.strip().split(";")
+            if number == 1 and fields[0] == "Filename" or not line.strip():
+                continue
+            if len(fields) < 2 or not fields[-1].isdigit():
+                raise DataError(f"expected 'Filename;...;ClassId', found {line.strip()!r}",
+                                Location(str(test_csv), number))
+            files.append(test_dir / fields[0])
+            labels.append(int(fields[-1]))
+        tensor = torch.tensor(labels, dtype=torch.int64)
+        self.check_labels(tensor, self.nb_classes, test_csv)
+        return folder, files, tensor, n_train
+
+    def _partition(self, n_train: int, n_total: int, seed: int) -> dict[str, torch.Tensor]:
+        validation = self.settings["Validation"]
+        learn, valid = split(torch.arange(n_train), [1.0 - validation, validation], self.generator(seed), 1)
+        return {"Learn": learn, "Validation": valid, "Test": torch.arange(n_train, n_total)}
+
+    def partition(self, found: tuple[Path, list[Path]], seed: int) -> dict[str, torch.Tensor]:
+        _, files, _, n_train = self.catalog()
+        return self._partition(n_train, len(files), seed)
+
+    def load(self, seed: int) -> Stimuli:
+        folder, files, labels, n_train = self.catalog()
+        names = [f"{k:05d}" for k in range(self.nb_classes)]
+        return Stimuli(labels, self._partition(n_train, len(files), seed), names, folder, files=files)
+
+
+@dataclass(frozen=True)
+class NoDatabase(Database):
+    """No data set: a ``[database]`` without ``Type`` (N2D2's empty ``Database``, whose classes are the
+    lines of ``LabelPath``), or no ``[database]`` at all (N2D2: "Warning: no database specified").
+
+    The network is built, summarized, fused and exported as with a data set; what reads stimuli (learning,
+    testing, verifying on the data, ``[sp]_EpochSize``) is refused with a :class:`DataError` saying so.
+    """
+
+    type_name: ClassVar[str] = "Database"
+    default_subdir: ClassVar[str] = ""
+    keys: ClassVar[tuple[Key, ...]] = (Key("LabelPath", "path", "", "class names, one per line (no stimuli)"),)
+    absent: bool = False  # no [database] section at all
+
+    @classmethod
+    def absent_from(cls, location: Location) -> NoDatabase:
+        """The database of an INI without ``[database]``."""
+        return cls("", False, location, absent=True)
+
+    def reason(self) -> str:
+        if self.absent:
+            return "the INI has no [database] section (N2D2: no database specified)"
+        return "[database] has no Type (N2D2's empty database)"
+
+    def error(self, message: str) -> DataError:
+        return DataError(message, self.location, None if self.absent else self.section_name)
+
+    def locate(self) -> tuple[Path, list[Path]]:
+        fix = "add a [database] section with a Type" if self.absent else "give [database] a Type"
+        raise self.error(f"no data set: {self.reason()}; learning and testing need one: {fix} "
+                         f"({', '.join(DATABASES)})")
+
+    def load(self, seed: int) -> Stimuli:
+        self.locate()
+        raise AssertionError("unreachable")
+
+
+# Drivers N2D2 has for what qatrun does not do: refused by name, saying why.
+OUT_OF_SCOPE_DATABASES: dict[str, str] = {
+    "N_MNIST_Database": "event-based (spiking) data",
+    "IMDBWIKI_Database": "face detection and age/gender regression data",
+    "KITTI_Database": "object detection data",
+    "KITTI_Object_Database": "object detection data",
+    "KITTI_Road_Database": "road segmentation data",
+    "Cityscapes_Database": "segmentation data",
+    "DOTA_Database": "object detection data",
+    "FDDB_Database": "face detection data",
+    "GTSDB_DIR_Database": "traffic sign detection data",
+    "Daimler_Database": "pedestrian detection data",
+    "Actitracker_Database": "accelerometer time series",
+}
+RATE_BASED = "qatrun trains rate-based classifiers"
+
 DATABASES: dict[str, type[Database]] = {
-    cls.type_name: cls for cls in (MnistIdx, FashionMnistIdx, Cifar10, Cifar100, Ilsvrc2012, Directory)
+    cls.type_name: cls for cls in (MnistIdx, FashionMnistIdx, Cifar10, Cifar100, Ilsvrc2012, Directory, Gtsrb)
 }
 """Registry: the ``[database] Type=`` value -> the driver."""
 
 
 def database_from_section(section: Section) -> Database:
-    """Reads ``[database]``.
+    """Reads ``[database]``; without ``Type``, the empty database (no data set).
 
     Raises:
-        ConfigError: no or unknown ``Type`` (listing the valid ones), or a bad key.
+        ConfigError: an unknown ``Type`` (listing the valid ones), an out-of-scope one (saying why), or a
+            bad key.
     """
+    if not section.has(TYPE.name):
+        return NoDatabase.from_section(section)
     kind = section.read(TYPE)
+    if kind in OUT_OF_SCOPE_DATABASES:
+        raise section.error("Type", f"{kind} holds {OUT_OF_SCOPE_DATABASES[kind]}; {RATE_BASED}")
     cls = DATABASES.get(kind)
     if cls is None:
         raise section.error("Type", f'unknown database "{kind}"; qatrun implements: {", ".join(DATABASES)}')

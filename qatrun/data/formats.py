@@ -15,6 +15,7 @@ file again). Callers must not modify the returned tensors in place.
 from __future__ import annotations
 
 import gzip
+import struct
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -233,3 +234,40 @@ def write_mnist_subset(source: Path, folder: Path, learn: int, test: int) -> Pat
             stem = f"{name}-{kind}-ubyte.gz"
             write_idx_subset(source / stem, folder / stem, count)
     return folder
+
+
+# --------------------------------------------------------------------------------------------------
+# N2D2's BinaryCvMat files (StimuliData's meanData.bin, AffineTransformation's operands)
+
+_CV_64F = 6
+_DEPTHS = {0: np.uint8, 1: np.int8, 2: np.uint16, 3: np.int16, 4: np.int32, 5: np.float32, 6: np.float64}
+
+
+def write_binary_mat(path: Path, image: torch.Tensor) -> None:
+    """Writes a (C, H, W) image as ``BinaryCvMat`` (float64, channels interleaved)."""
+    c, h, w = image.shape
+    header = struct.pack("<iii", h, w, _CV_64F + ((c - 1) << 3))
+    path.write_bytes(header + image.double().permute(1, 2, 0).contiguous().numpy().tobytes())
+
+
+def read_binary_mat(path: Path) -> torch.Tensor:
+    """Reads a ``BinaryCvMat`` file as a (C, H, W) float64 tensor.
+
+    Raises:
+        DataError: a truncated file or an unknown OpenCV type.
+    """
+    raw = path.read_bytes()
+    if len(raw) < 12:
+        raise DataError(f"{path}: not a BinaryCvMat file (shorter than its header)", Location(str(path)))
+    rows, cols, kind = struct.unpack("<iii", raw[:12])
+    depth, channels = kind & 7, (kind >> 3) + 1
+    if depth not in _DEPTHS or rows < 1 or cols < 1:
+        raise DataError(f"{path}: not a BinaryCvMat file (rows {rows}, cols {cols}, type {kind})",
+                        Location(str(path)))
+    dtype = np.dtype(_DEPTHS[depth])
+    expected = rows * cols * channels * dtype.itemsize
+    if len(raw) - 12 != expected:
+        raise DataError(f"{path}: {rows}x{cols}x{channels} values need {expected} bytes after the header, found "
+                        f"{len(raw) - 12}", Location(str(path)))
+    array = np.frombuffer(raw, dtype=dtype, offset=12).reshape(rows, cols, channels).astype(np.float64)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

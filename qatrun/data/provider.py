@@ -46,10 +46,13 @@ import torch
 import torch.utils.data
 
 from qatrun.data import formats
-from qatrun.data.databases import PARTITIONS, Database, Stimuli, database_from_section
-from qatrun.data.transforms import Shape, Transformation, applies_to, transformation_from_section
+from qatrun.data.databases import PARTITIONS, RATE_BASED, Database, NoDatabase, Stimuli, database_from_section
+from qatrun.data.statistics import GLOBAL_VALUE, SIZES, Accumulator, Statistics, StimuliData
+from qatrun.data.transforms import Affine, Shape, Transformation, applies_to, transformation_from_section
 from qatrun.errors import ConfigError, DataError, Location, QatrunError
 from qatrun.ini import Document, Key, Section, warn
+
+PathLike = str | os.PathLike[str]
 
 SIZE_X = Key("SizeX", "int", doc="network input width")
 SIZE_Y = Key("SizeY", "int", doc="network input height")
@@ -72,8 +75,10 @@ SPIKING_ENV_KEYS = (
     "ReadAerData", "StopStimulusTime",
 )  # fmt: skip
 
-STATISTICS = ("_GlobalValue.minVal", "_GlobalValue.maxVal", "_GlobalValue.mean", "_GlobalValue.stdDev")
+STATISTICS = GLOBAL_VALUE
 PLACEHOLDERS = (0.0, 1.0, 0.0, 1.0)
+SIZE_STATISTICS = SIZES
+EPOCH_PLACEHOLDER = 1_000_000  # large: a schedule divided by the batch size stays positive
 _STATS_CHUNK = 4096
 
 
@@ -138,10 +143,14 @@ class Stage:
     kind: str
     transform: Transformation | None = None
     apply_to: str = "All"
+    statistics: StimuliData | None = None
 
     def read(self) -> None:
-        """(Re-)reads the transformation from its section."""
-        if self.kind != "statistics":
+        """(Re-)reads the transformation (or the statistics' keys) from its section."""
+        if self.kind == "statistics":
+            self.statistics = StimuliData.from_section(self.section)
+            self.apply_to = self.statistics.apply_to
+        else:
             self.transform, self.apply_to = transformation_from_section(self.section)
 
 
@@ -191,6 +200,8 @@ class DataSpec:
     stages: list[Stage]
     signed: bool = False
     quantization: tuple[int, float, float] = (0, 0.0, 1.0)
+    missing: DataError | None = None  # why [sp]_EpochSize is a placeholder, if it is
+    built_without_data: bool = False  # [sp]_EpochSize was a placeholder when the network was built
 
     @classmethod
     def from_doc(cls, doc: Document) -> DataSpec:
@@ -200,14 +211,18 @@ class DataSpec:
             ConfigError: a missing section or key, a bad value, an unsupported feature.
         """
         if doc.get("cenv") is not None:
-            raise doc.section("cenv").error(None, "[cenv] drives N2D2's spiking simulator; qatrun needs [sp] or [env]")
+            raise doc.section("cenv").error(None, f"[cenv] drives N2D2's spiking simulator; {RATE_BASED} "
+                                            "(their stimuli provider is [sp] or [env])")
         sp = doc.get("env") or doc.get("sp")
         if sp is None:
             raise ConfigError("Missing [sp] section (or [env]): the stimuli provider", Location(doc.path))
         database_section = doc.get("database")
         if database_section is None:
-            raise ConfigError("Missing [database] section: qatrun needs a data set", Location(doc.path))
-        database = database_from_section(database_section)
+            warn("no database specified: the network is built, and learning or testing it is refused",
+                 Location(doc.path))
+            database: Database = NoDatabase.absent_from(Location(doc.path))
+        else:
+            database = database_from_section(database_section)
         input_shape, batch_size = _read_geometry(sp)
         signed, quantization = _read_parameters(doc, sp)
         stages = _read_stages(doc, sp)
@@ -229,7 +244,51 @@ class DataSpec:
         """Publishes ``[<sp>]_EpochSize`` (the number of Learn stimuli) for later references."""
         size = self.epoch_size() if size is None else size
         self.section.inject("_EpochSize", size)
+        self.missing = None
         return size
+
+    def inject_unknown_epoch_size(self, missing: DataError) -> None:
+        """Publishes a placeholder ``[<sp>]_EpochSize`` (1) when the data set is absent, so that the network
+        builds; every value read through it is listed by :meth:`data_note` and learning is refused.
+
+        Args:
+            missing: why the size is unknown (the data set was not found).
+        """
+        self.section.inject("_EpochSize", EPOCH_PLACEHOLDER, placeholder=True)
+        self.missing = missing
+        self.built_without_data = True
+
+    def check_learnable(self) -> None:
+        """Refuses to learn with what was built from a placeholder ``[<sp>]_EpochSize``.
+
+        Raises:
+            DataError: the network was loaded while the data set was absent, and a value refers to the
+                epoch size (a solver schedule): load it again now that the data are there.
+        """
+        if not self.built_without_data:
+            return
+        for value in self.document.provisional():
+            if f"[{self.section.name}]_EpochSize" in value.sources:
+                raise DataError(f"{value.key} refers to [{self.section.name}]_EpochSize, unknown when the network was "
+                                "loaded (the data set was absent): load the INI again now that the data are there",
+                                value.location, value.section or None, value.key)
+
+    def data_note(self) -> str:
+        """The lines the summary ends with: the values that depend on the data (empty if none).
+
+        Those refer to ``[<sp>]_EpochSize`` while the data set is absent, or to a ``StimuliData``
+        statistic, computed when the data are opened.
+        """
+        provisional = self.document.provisional()
+        if not provisional:
+            return ""
+        lines = ["", "", "Values that depend on the data set (computed when the data are opened):"]
+        for value in provisional:
+            where = f"[{value.section}] {value.key}" if value.section else value.key
+            lines.append(f"  {value.location}: {where} refers to {', '.join(value.sources)}")
+        if self.missing is not None:
+            lines.append(f"  the data set is absent here: {self.missing}")
+        return "\n".join(lines)
 
     def chain(self, partition: str) -> tuple[list[Transformation], list[Transformation]]:
         """The static and on-the-fly transformations applying to a partition, in order."""
@@ -311,7 +370,7 @@ def _read_geometry(sp: Section) -> tuple[Shape, int]:
             raise sp.error(key if sp.has(key) else "Size", f"must be positive, found {value}")
     sp.read(CACHE_PATH)
     if sp.read(COMPOSITE_STIMULI):
-        raise sp.error("CompositeStimuli", "pixel-wise labels are not supported by qatrun")
+        raise sp.error("CompositeStimuli", f"pixel-wise labels are N2D2's segmentation; {RATE_BASED}")
     return (channels, height, width), batch_size
 
 
@@ -348,10 +407,8 @@ def _read_stages(doc: Document, sp: Section) -> list[Stage]:
                 "<sp>.OnTheFlyTransformation* or <sp>.StimuliData*)",
             )
         if kind == "statistics":
-            if section.keys():
-                raise section.error(section.keys()[0], "StimuliData sections take no key in qatrun")
-            for key, value in zip(STATISTICS, PLACEHOLDERS):
-                section.inject(key, value)
+            for key, value in zip(STATISTICS + SIZE_STATISTICS, PLACEHOLDERS + (1,) * len(SIZE_STATISTICS)):
+                section.inject(key, value, placeholder=True)
         stage = Stage(section, kind)
         stage.read()
         stages.append(stage)
@@ -435,6 +492,8 @@ class Provider:
         self._names = stimuli.label_names
         self._nb_classes = max(len(stimuli.label_names), int(stimuli.labels.max()) + 1 if len(stimuli.labels) else 0)
         self._decoded: dict[Path, torch.Tensor] | None = {} if stimuli.in_memory else None
+        self.statistics: dict[str, Statistics] = {}  # by StimuliData section
+        self.images: dict[str, torch.Tensor] = {}  # meanData.bin / stdDevData.bin images, by N2D2's path
         self._prepared = self._prepare(stimuli)
         self._decoded = None
 
@@ -474,10 +533,13 @@ class Provider:
         for k, stage in enumerate(spec.stages):
             if stage.kind == "statistics":
                 self._flush(prepared, pending)
-                self._statistics(stage.section, prepared["Learn"], pending["Learn"])
+                self._statistics(stage, prepared)
                 for later in spec.stages[k + 1 :]:
                     later.read()  # sees the real statistics now
-            elif stage.kind == "static":
+                continue
+            if isinstance(stage.transform, Affine):
+                stage.transform = stage.transform.bind(self.images)
+            if stage.kind == "static":
                 for name in PARTITIONS:
                     if applies_to(stage.apply_to, name):
                         pending[name].append(stage.transform)  # type: ignore[arg-type]
@@ -523,23 +585,36 @@ class Provider:
         part.files = None
         return steps[prefix:]
 
-    def _statistics(self, section: Section, learn: Prepared, pending: list[Transformation]) -> None:
-        """Computes the Learn statistics at this point of the chain and injects them."""
-        generator = torch.Generator().manual_seed(self.seed)
-        count, total, squares = 0, 0.0, 0.0
-        low, high = float("inf"), float("-inf")
-        for x, _ in self._iterate(learn, learn.per_batch, _STATS_CHUNK, generator, per_image=learn.per_image):
-            values = x.double()
-            count += values.numel()
-            total += float(values.sum())
-            squares += float(values.square().sum())
-            low, high = min(low, float(values.min())), max(high, float(values.max()))
-        if count == 0:
-            raise DataError("the Learn partition is empty: no statistics to compute", section.location, section.name)
-        mean = total / count
-        std = max(0.0, squares / count - mean * mean) ** 0.5
-        for key, value in zip(STATISTICS, (low, high, mean, std)):
+    def _statistics(self, stage: Stage, prepared: dict[str, Prepared]) -> None:
+        """Measures the stimuli of the stage's ``ApplyTo`` partitions at this point of the chain; injects
+        the properties and keeps the statistics (:attr:`statistics`) and its images (:attr:`images`)."""
+        section, spec = stage.section, stage.statistics
+        assert spec is not None
+        accumulator = Accumulator(spec)
+        parts = [prepared[name] for name in PARTITIONS if applies_to(spec.apply_to, name)]
+        for x in self._measured(parts):
+            accumulator.add(x, section.location, section.name)
+        if accumulator.needs_second_pass:  # a histogram of float values needs their range first
+            for x in self._measured(parts):
+                accumulator.add_histogram(x)
+        stats = accumulator.result(section.location, section.name)
+        for key, value in stats.properties().items():
             section.inject(key, repr(value))
+        self.statistics[section.name] = stats
+        self.images.update({os.path.normpath(path): image for path, image in stats.images().items()})
+
+    def _measured(self, parts: Sequence[Prepared]) -> Iterator[torch.Tensor]:
+        """The stimuli of ``parts`` as they stand (random steps drawn with the run seed), in batches."""
+        generator = torch.Generator().manual_seed(self.seed)
+        for part in parts:
+            chunk = 1 if part.data is None else _STATS_CHUNK  # files: each image may have its own size
+            for x, _ in self._iterate(part, part.per_batch, chunk, generator, per_image=part.per_image):
+                yield x
+
+    def write_statistics(self, folder: PathLike) -> list[Path]:
+        """Writes the files N2D2's ``StimuliData`` sections write (``<section>/meanData.bin`` ...) into
+        ``folder``; returns them."""
+        return [path for stats in self.statistics.values() for path in stats.write(Path(folder))]
 
     def _check_shape(self, name: str, part: Prepared) -> None:
         if len(part) == 0:

@@ -25,14 +25,18 @@ HSV and YCrCb.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from qatrun.data.formats import read_binary_mat, read_image
 from qatrun.data.resize import resize_bilinear
 from qatrun.errors import DataError
 from qatrun.ini import Key, Section
@@ -865,6 +869,93 @@ class ChannelExtraction(Transformation):
         return bgr_to_ycrcb(x)[:, k : k + 1].contiguous()
 
 
+MATRIX_EXTENSIONS = (".bin",)
+
+
+@dataclass(frozen=True)
+class Affine(Transformation):
+    """``AffineTransformation``: ``(x FirstOperator M1) SecondOperator M2``, element by element, with M1 and
+    M2 matrices of the image's size read from files (``FirstValue`` / ``SecondValue``).
+
+    A file is N2D2's ``BinaryCvMat`` (``.bin``, as ``StimuliData`` writes ``meanData.bin``) or an image
+    (read as ``imread`` does: BGR, 8-bit values). Relative paths are relative to the current folder, as in
+    N2D2. ``<StimuliData section>/meanData.bin`` and ``/stdDevData.bin`` of a ``StimuliData`` section
+    written earlier with ``MeanData=1`` / ``StdDevData=1`` are the images that section computed
+    (:meth:`bind`). A one-channel matrix applies to every channel. Computed in float64, result float32.
+    """
+
+    name: ClassVar[str] = "AffineTransformation"
+    keys: ClassVar[tuple[Key, ...]] = (
+        Key("FirstOperator", "enum", doc="Plus, Minus, Multiplies or Divides", choices=OPERATORS),
+        Key("FirstValue", "path", doc="file of the first matrix (.bin or an image)"),
+        Key("SecondOperator", "enum", "Plus", "operator applied after the first", OPERATORS),
+        Key("SecondValue", "path", "", "file of the second matrix (empty: no second operation)"),
+    )
+    first_operator: str
+    first_value: str
+    second_operator: str = "Plus"
+    second_value: str = ""
+    matrices: tuple[torch.Tensor, ...] = field(default=(), compare=False, repr=False)
+
+    @classmethod
+    def from_section(cls, section: Section) -> Transformation:
+        values = [section.read(key) for key in cls.keys]
+        if not values[1]:
+            raise section.error("FirstValue", "expected the file of a matrix, found nothing")
+        return cls(*values)
+
+    def output_float(self, is_float: bool) -> bool:
+        return True
+
+    def operands(self) -> tuple[tuple[str, str], ...]:
+        """``(operator, file)`` pairs, in order."""
+        pairs = ((self.first_operator, self.first_value), (self.second_operator, self.second_value))
+        return tuple((op, path) for op, path in pairs if path)
+
+    def bind(self, computed: dict[str, torch.Tensor]) -> Affine:
+        """The transformation with its matrices: images ``StimuliData`` computed, else the files.
+
+        Raises:
+            DataError: a file that does not exist or cannot be read.
+        """
+        matrices = []
+        for _, written in self.operands():
+            key = os.path.normpath(written)
+            if key in computed:
+                matrices.append(computed[key])
+                continue
+            path = Path(written)
+            if not path.is_file():
+                raise DataError(f"{self.name}: no such matrix file: {written} (relative paths are relative to the "
+                                "current folder; a StimuliData section makes <section>/meanData.bin with MeanData=1)")
+            is_mat = path.suffix.lower() in MATRIX_EXTENSIONS
+            matrices.append(read_binary_mat(path) if is_mat else read_image(path).double())
+        return dataclasses.replace(self, matrices=tuple(matrices))
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        assert len(self.matrices) == len(self.operands()), "AffineTransformation used before bind()"
+        y = x.double()
+        for (op, path), m in zip(self.operands(), self.matrices):
+            c, h, w = x.shape[1:]
+            if m.shape[0] not in (1, c) or tuple(m.shape[1:]) != (h, w):
+                size = "x".join(map(str, m.shape))
+                raise DataError(f"{self.name}: the matrix of {path} is {size} (C x H x W), the stimuli are "
+                                f"{c}x{h}x{w} at this point")
+            y = affine_step(y, op, m)
+        return y.float()
+
+
+def affine_step(y: torch.Tensor, op: str, m: torch.Tensor) -> torch.Tensor:
+    """``y op m`` element by element, ``m`` (C or 1, H, W) broadcast over the batch (float64)."""
+    if op == "Plus":
+        return y + m
+    if op == "Minus":
+        return y - m
+    if op == "Multiplies":
+        return y * m
+    return y / m
+
+
 TRANSFORMATIONS: dict[str, type[Transformation]] = {
     cls.name: cls
     for cls in (
@@ -878,6 +969,7 @@ TRANSFORMATIONS: dict[str, type[Transformation]] = {
         Normalize,
         Distortion,
         ChannelExtraction,
+        Affine,
     )
 }
 """Registry: the ``Type=`` value -> the transformation class."""

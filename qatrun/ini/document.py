@@ -39,6 +39,7 @@ class Value:
     location: Location
     consumed: bool = False
     injected: bool = False
+    placeholder: bool = False  # injected before the data it derives from were read
 
 
 @dataclass
@@ -47,6 +48,24 @@ class _Resolution:
 
     stack: list[tuple[str, str]] = field(default_factory=list)
     memo: dict[tuple[str, str, str], str] = field(default_factory=dict)
+    placeholders: list[str] = field(default_factory=list)  # ``[sp]_EpochSize`` ... met on the way
+
+
+@dataclass(frozen=True)
+class Provisional:
+    """A value read while a property it refers to was a placeholder (see :meth:`Section.inject`).
+
+    Attributes:
+        location: where the value was written.
+        section: its section.
+        key: its key.
+        sources: the placeholder properties it refers to, directly or through others (``[sp]_EpochSize``).
+    """
+
+    location: Location
+    section: str
+    key: str
+    sources: tuple[str, ...]
 
 
 class _Reader:
@@ -191,9 +210,18 @@ class Section(_Reader):
         """Marks the section as used: strict mode then reports its unconsumed keys."""
         self._used = True
 
-    def inject(self, key: str, value: object) -> None:
-        """Adds a generator-computed property (``_NbOutputs``), visible to later references."""
-        self._values[key] = Value(str(value), self.location, consumed=True, injected=True)
+    def inject(self, key: str, value: object, placeholder: bool = False) -> None:
+        """Adds a generator-computed property (``_NbOutputs``), visible to later references.
+
+        Args:
+            key: the property (``_EpochSize``).
+            value: its value.
+            placeholder: the value stands in for one derived from data not read yet (``[sp]_EpochSize``
+                with the data set absent): every value read through it is recorded as provisional
+                (:meth:`Document.provisional`).
+        """
+        self._values[key] = Value(str(value), self.location, consumed=True, injected=True,
+                                  placeholder=placeholder)
 
     def define(self, key: str, text: str, location: Location, warn_override: bool = True) -> None:
         """Stores a property as the parser does; redefinition warns as N2D2 does and the last wins."""
@@ -266,6 +294,7 @@ class Document:
         self.path = path
         self.global_section = Section(self, "", Location(path))
         self._sections: dict[str, Section] = {"": self.global_section}
+        self._provisional: dict[tuple[str, str], Provisional] = {}
 
     def __repr__(self) -> str:
         return f"Document({self.path!r}, {len(self._sections) - 1} sections)"
@@ -336,7 +365,21 @@ class Document:
 
     def _resolve(self, section: Section, key: str) -> str:
         """Resolves a stored property in the context of its own section."""
-        return self._value(section, section, key, _Resolution())
+        state = _Resolution()
+        result = self._value(section, section, key, state)
+        if state.placeholders and not section._values[key].placeholder:
+            sources = tuple(dict.fromkeys(state.placeholders))
+            self._provisional[(section.name, key)] = Provisional(section._values[key].location, section.name, key,
+                                                                sources)
+        return result
+
+    def provisional(self) -> list[Provisional]:
+        """The values read so far that refer to a placeholder property, in the order first read.
+
+        A value read again once the property holds its real value stays listed: a stage that read it
+        early (a solver schedule built before the data were opened) may still hold the placeholder.
+        """
+        return list(self._provisional.values())
 
     def resolve_text(self, section: Section, text: str, location: Location, key: str | None = None) -> str:
         """Resolves arbitrary text as if it were a value of ``section`` written at ``location``."""
@@ -403,6 +446,8 @@ class Document:
             if prop not in target._values:
                 raise ConfigError(f"Property {prop} not found in section [{target.name}]", *where)
             target._referenced = True
+            if target._values[prop].placeholder:
+                state.placeholders.append(f"[{target.name}]{prop}")
             out.append(text[start:opening])
             out.append(self._value(target, target, prop, state))
             start = scan = end

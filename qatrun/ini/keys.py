@@ -15,7 +15,8 @@ kind      accepted text                                                 Python v
 ``floats`` space-separated numbers (``0.485 0.456 0.406``)              ``tuple[float, ...]``
 ``strs``  space-separated words                                         ``tuple[str, ...]``
 ``enum``  one of ``choices``, exact case                                ``str``
-``path``  a path; OS environment variables ``${VAR}`` expanded          ``str``
+``path``  a path; OS environment variables ``${VAR}`` expanded (unset:   ``str``
+          an error naming the variable, where N2D2 reads "")
 ========= ============================================================ =====================
 """
 
@@ -104,8 +105,29 @@ def parse_float(text: str) -> float:
     return float(text.replace(",", ""))
 
 
-def expand_env(text: str) -> str:
-    """Replaces each ``${VAR}`` by the OS environment variable, or by nothing if unset (as N2D2)."""
+def unset_variables(text: str) -> list[str]:
+    """The names of the ``${VAR}`` in ``text`` that the OS environment does not set, in order."""
+    return list(dict.fromkeys(name for name in _ENV.findall(text) if name not in os.environ))
+
+
+def expand_env(text: str, strict: bool = False) -> str:
+    """Replaces each ``${VAR}`` by the OS environment variable.
+
+    Args:
+        text: the path as written (``${N2D2_MODELS}/ONNX/resnet18v1.onnx``).
+        strict: an unset variable is an error (N2D2 replaces it by nothing, so that the path silently
+            becomes ``/ONNX/...``); else it is replaced by nothing.
+
+    Raises:
+        ValueError: with ``strict``, naming the unset variables.
+    """
+    unset = unset_variables(text) if strict else []
+    if unset:
+        names = " and ".join(f"${{{name}}}" for name in unset)
+        verb = "is" if len(unset) == 1 else "are"
+        empty = _ENV.sub(lambda match: os.environ.get(match.group(1), ""), text)
+        raise ValueError(f'{names} {verb} not set in the environment (the path would read "{empty}"): '
+                         "set it, or write the path in full")
     return _ENV.sub(lambda match: os.environ.get(match.group(1), ""), text)
 
 
@@ -152,7 +174,7 @@ def _enum(key: Key, text: str) -> str:
 
 
 def _path(key: Key, text: str) -> str:
-    return expand_env(text)
+    return expand_env(text, strict=True)
 
 
 _CONVERTERS = {

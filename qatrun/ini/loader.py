@@ -136,7 +136,10 @@ class _Builder:
             raise ConfigError(f"templates nested deeper than {MAX_TEMPLATE_DEPTH}", section.location, section.name)
         assert section.template is not None
         name = section.name.split("@", 1)[0]
-        file_name = expand_env(section.template)
+        try:
+            file_name = expand_env(section.template, strict=True)
+        except ValueError as exc:
+            raise ConfigError(f"template {section.template}: {exc}", section.location, section.name) from None
         path = os.path.normpath(file_name if os.path.isabs(file_name) else os.path.join(directory, file_name))
         params = {key: section.raw(key) for key in section.keys()}
         params.update(SECTION_NAME=name, SECTION_FILE_NAME=file_name)

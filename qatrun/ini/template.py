@@ -271,7 +271,11 @@ class _Renderer:
     def _render_include(self, tag: _Tag, depth: int) -> None:
         if depth >= MAX_INCLUDE_DEPTH:
             raise ConfigError(f"templates included deeper than {MAX_INCLUDE_DEPTH}", tag.location)
-        name = expand_env(self.substitute(tag.args[0], tag.location))
+        written = self.substitute(tag.args[0], tag.location)
+        try:
+            name = expand_env(written, strict=True)
+        except ValueError as exc:
+            raise ConfigError(f"include {written}: {exc}", tag.location) from None
         path = name if os.path.isabs(name) else os.path.join(os.path.dirname(tag.location.path), name)
         self.render(self.parse_file(os.path.normpath(path), tag.location, depth + 1), depth + 1)
 

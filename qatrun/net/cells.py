@@ -56,6 +56,40 @@ INPUT_WINDOW_KEYS = tuple(
     )
 )
 
+RATE_BASED = "qatrun trains rate-based classifiers"
+"""The reason every out-of-scope construct is refused with."""
+
+OUT_OF_SCOPE_TYPES: dict[str, str] = {
+    "Anchor": "the anchors of N2D2's object detection (Faster R-CNN)",
+    "Proposal": "the region proposals of N2D2's object detection (Faster R-CNN)",
+    "RP": "the region proposal network of N2D2's object detection (Faster R-CNN)",
+    "ROIPooling": "the region-of-interest pooling of N2D2's object detection (Faster R-CNN)",
+    "ObjectDet": "the detection output of N2D2's object detection (SSD)",
+}
+"""N2D2 cell types for what qatrun does not do, with what they are."""
+
+SPIKING_PARAMETERS = frozenset({
+    "Threshold", "BipolarThreshold", "Leak", "Refractory", "TerminateDelta", "ThresholdMin", "ThresholdMax",
+    "ThresholdRelInit", "ThresholdAdaptation", "WeightsRelInit", "WeightsMinMean", "WeightsMaxMean",
+    "WeightsMinVarSlope", "WeightsMaxVarSlope", "WeightsMinVarOrigin", "WeightsMaxVarOrigin", "EnableStdp",
+    "IncomingDelay", "SynapticDelay", "EmitDelay", "Inhibition", "InhibitRefractory", "EnableLateralInhibition",
+})
+"""Cell parameters of N2D2's spiking neurons (the Spike models and their STDP learning)."""
+
+SPIKING = "a parameter of N2D2's spiking neurons (Spike models, STDP learning)"
+
+
+def spiking_key(name: str) -> bool:
+    """Whether a key is a parameter of N2D2's spiking neurons (``Threshold``, ``Stdp*`` ...)."""
+    return name in SPIKING_PARAMETERS or name.startswith(("Stdp", "STDP"))
+
+
+def spiking_model(model: str) -> bool:
+    """Whether a ``Model`` / ``DefaultModel`` value names N2D2's spiking simulation (``Spike``,
+    ``Spike_RRAM``, ``Spike_PCM``, ``Spike_Analog`` ...)."""
+    return model.startswith("Spike")
+
+
 # Families of keys read by other stages: left unconsumed here (strict mode runs after every stage).
 FOREIGN_PREFIXES = ("QWeight", "QAct", "Solvers", "WeightsSolver", "BiasSolver", "ScaleSolver")
 

@@ -35,12 +35,15 @@ from qatrun.errors import ConfigError, Location, did_you_mean
 from qatrun.ini import Key
 from qatrun.net import layers
 # Their cell types register on import (onnx_import: Type=ONNX, a type that writes a sub-network).
-from qatrun.net import basic, batchnorm, conv, elemwise, fc, onnx_import, pool  # noqa: F401
+from qatrun.net import basic, batchnorm, conv, elemwise, fc, normalize, onnx_import, pool  # noqa: F401
 from qatrun.net.activations import ACTIVATION, ACTIVATION_KEYS, read_activation
 from qatrun.net.builder import SOURCES, Cell, GraphBuilder, Value, activation_name, module_name
 from qatrun.net.cells import (
     CELL_TYPES,
     COMMON_KEYS,
+    OUT_OF_SCOPE_TYPES,
+    RATE_BASED,
+    SPIKING,
     DATA_TYPE,
     INPUT,
     MODEL,
@@ -53,11 +56,13 @@ from qatrun.net.cells import (
     Subnetwork,
     cell_generators,
     check_placement,
+    spiking_key,
+    spiking_model,
 )
 from qatrun.net.conv import BACK_PROPAGATE
 
 if TYPE_CHECKING:
-    from qatrun.ini import Document, Section
+    from qatrun.ini import Document, Params, Section
 
 DEFAULT_MODEL = Key("DefaultModel", "str", "Transcode", "N2D2's implementation (Frame, Frame_CUDA): no effect")
 DEFAULT_DATA_TYPE = Key(
@@ -77,6 +82,12 @@ TARGET_KEYS = (
     Key("LabelsHueOffset", "int", 0, "hue offset of N2D2's label images (no effect in qatrun)"),
 )
 _TARGET = {key.name: key for key in TARGET_KEYS}
+OUT_OF_SCOPE_TARGETS = {
+    "TargetROIs": "the target of N2D2's object detection (bounding boxes)",
+    "TargetRP": "the target of N2D2's region proposal network (object detection)",
+    "TargetBBox": "the target of N2D2's bounding-box regression (object detection)",
+    "TargetMatching": "the target of N2D2's face matching (distance learning)",
+}
 MISSING_TARGET = "Missing target cell (no [*.Target] section found)"
 
 @dataclass
@@ -199,7 +210,9 @@ def _data_inputs(section: Section, inputs: tuple[str, ...], subnetworks: dict[st
 
 def _read_globals(doc: Document) -> None:
     glob = doc.global_section
-    glob.read(DEFAULT_MODEL)
+    if spiking_model(glob.read(DEFAULT_MODEL)):
+        raise glob.error(DEFAULT_MODEL.name, f"{glob.raw(DEFAULT_MODEL.name)} is N2D2's spiking simulation; "
+                         f"{RATE_BASED} (DefaultModel=Frame or Frame_CUDA)")
     if glob.read(DEFAULT_DATA_TYPE) != "Float32":
         raise glob.error(DEFAULT_DATA_TYPE.name, "qatrun computes in Float32 only")
     if glob.read(INSERT_BATCHNORM):
@@ -239,6 +252,8 @@ def _inject(section: Section, in_shape: Shape, out_shape: Shape) -> None:
 
 def _cell_type(section: Section) -> CellType:
     name = section.read(TYPE)
+    if name in OUT_OF_SCOPE_TYPES:
+        raise section.error(TYPE.name, f"{name} is {OUT_OF_SCOPE_TYPES[name]}; {RATE_BASED}")
     found = CELL_TYPES.get(name)
     if found is None:
         generators = cell_generators()  # N2D2's word: the types that build one cell
@@ -252,10 +267,12 @@ def _cell_type(section: Section) -> CellType:
 
 def _build_cell(doc: Document, section: Section, inputs: tuple[str, ...], builder: GraphBuilder) -> Cell:
     cell_type = _cell_type(section)
-    section.read(MODEL)
+    if spiking_model(section.read(MODEL)):
+        raise section.error(MODEL.name, f"{section.raw(MODEL.name)} is N2D2's spiking simulation; {RATE_BASED}")
     if section.read(DATA_TYPE) != "Float32":
         raise section.error(DATA_TYPE.name, "qatrun computes in Float32 only")
     params = doc.params(section)
+    _refuse_spiking(section, params)
     section.declare(*declared_keys(cell_type.name))
     params.declare(*(key.name for key in cell_type.params))
     check_placement(cell_type, section, params)
@@ -287,6 +304,19 @@ def _build_cell(doc: Document, section: Section, inputs: tuple[str, ...], builde
     )
 
 
+def _refuse_spiking(section: Section, params: Params) -> None:
+    """Refuses the parameters of N2D2's spiking neurons, in the layer section or its ConfigSection.
+
+    Raises:
+        ConfigError: at the first such key.
+    """
+    for reader in (section, params):
+        for key in reader.keys():
+            if spiking_key(key):
+                reader.raw(key)
+                raise reader.error(key, f"{key} is {SPIKING}; {RATE_BASED}")
+
+
 def _activation(section: Section, cell_type: CellType) -> tuple[str, nn.Module] | None:
     if cell_type.activation is None:
         given = [key for key in section.keys() if key == ACTIVATION or key.startswith(ACTIVATION + ".")]
@@ -303,6 +333,9 @@ def _targets(doc: Document, order: list[str], cells: dict[str, Cell]) -> list[Ta
         for section in doc.matching(pattern):
             if section.has(INPUT.name):
                 continue
+            kind = section.raw("Type", "TargetScore")
+            if kind in OUT_OF_SCOPE_TARGETS:
+                raise section.error("Type", f"{kind} is {OUT_OF_SCOPE_TARGETS[kind]}; {RATE_BASED}")
             values = {key.name: section.read(key) for key in TARGET_KEYS}
             if values["TopN"] < 1:
                 raise section.error("TopN", f"expected a positive value, found {values['TopN']}")

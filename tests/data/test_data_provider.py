@@ -314,7 +314,6 @@ def test_load_in_memory_caches_after_the_static_prefix(tmp_path: Path) -> None:
     "text, error, message",
     [
         ("[database]\nType=MNIST_IDX_Database\n", ConfigError, "t.ini: Missing [sp] section (or [env]): the stimuli provider"),
-        ("[sp]\nSizeX=28\nSizeY=28\n", ConfigError, "t.ini: Missing [database] section: qatrun needs a data set"),
         ("[database]\nType=MNIST_IDX_Database\n[sp]\nSizeX=32\nSizeY=32\n", DataError,
          "t.ini:3: [sp] the network input is 1x32x32 (NbChannels x SizeY x SizeX) but the Learn stimuli are 1x28x28 after "
          "the transformations (add a RescaleTransformation, PadCropTransformation or ColorSpaceTransformation)"),

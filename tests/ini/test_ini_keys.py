@@ -31,7 +31,6 @@ TYPED = [
     ("enum", Key("N", "enum", choices=POOLING), "Max", "Max"),
     ("str keeps text", Key("N", "str"), "a b ${NOPE}", "a b ${NOPE}"),
     ("path expands env", Key("N", "path"), "${QATRUN_INI_TEST_DIR}/mnist", "/data/x/mnist"),
-    ("path unset env is empty", Key("N", "path"), "${QATRUN_INI_TEST_UNSET}/mnist", "/mnist"),
     ("path through variable", Key("N", "path"), "${ROOT}/y", "/data/x/y"),
 ]
 
@@ -75,6 +74,15 @@ def test_typed_errors(key, text, message):
     with pytest.raises(ConfigError) as info:
         doc.section("conv1").read(key)
     assert str(info.value) == message
+
+
+def test_unset_environment_variable_in_a_path_names_it(monkeypatch):
+    monkeypatch.delenv("QATRUN_INI_TEST_UNSET", raising=False)
+    doc = loads("[conv1]\nN=${QATRUN_INI_TEST_UNSET}/mnist", "t.ini")
+    with pytest.raises(ConfigError) as info:
+        doc.section("conv1").read(Key("N", "path"))
+    assert str(info.value) == ('t.ini:2: [conv1] N: ${QATRUN_INI_TEST_UNSET} is not set in the environment (the '
+                               'path would read "/mnist"): set it, or write the path in full')
 
 
 def test_typed_error_of_a_referenced_value_names_the_reading_key():

@@ -10,11 +10,11 @@ CONV = "[c]\nInput=sp\nType=Conv\n"  # lines 1-3
 CASES = [
     ("unknown-type", "[c]\nInput=sp\nType=Convolution\nNbOutputs=4\n", (1, 8, 8),
      "test.ini:3: [c] Type: No cell generator for type 'Convolution'. (qatrun builds: Activation, BatchNorm, "
-     "Conv, Deconv, Dropout, ElemWise, Fc, Padding, Pool, Reshape, Resize, Scaling, Softmax, Transpose)"),
+     "Conv, Deconv, Dropout, ElemWise, Fc, LRN, Normalize, Padding, Pool, Reshape, Resize, Scaling, Softmax, Transpose)"),
     ("unknown-type-close", "[c]\nInput=sp\nType=Pooling\nNbOutputs=4\n", (1, 8, 8),
      "test.ini:3: [c] Type: No cell generator for type 'Pooling'. (did you mean 'Pool'?) (qatrun builds: "
-     "Activation, BatchNorm, Conv, Deconv, Dropout, ElemWise, Fc, Padding, Pool, Reshape, Resize, Scaling, "
-     "Softmax, Transpose)"),
+     "Activation, BatchNorm, Conv, Deconv, Dropout, ElemWise, Fc, LRN, Normalize, Padding, Pool, Reshape, Resize, "
+     "Scaling, Softmax, Transpose)"),
     ("missing-type", "[c]\nInput=sp\nNbOutputs=4\n", (1, 8, 8), "test.ini:1: [c] Type: required key is missing"),
     ("unknown-input", CONV + "KernelDims=3 3\nNbOutputs=4\n[conv2]\nInput=cv\nType=Conv\nKernelDims=3 3\n"
      "NbOutputs=4\n", (1, 8, 8),
@@ -212,7 +212,8 @@ GRAPH_CASES = [
     ("target-topn", "[a]\nInput=sp\nType=Activation\nNbOutputs=1\n[a.Target]\nTopN=0\n",
      "test.ini:6: [a.Target] TopN: expected a positive value, found 0"),
     ("target-type", "[a]\nInput=sp\nType=Activation\nNbOutputs=1\n[a.Target]\nType=TargetROIs\n",
-     'test.ini:6: [a.Target] Type: expected one of TargetScore, found "TargetROIs"'),
+     "test.ini:6: [a.Target] Type: TargetROIs is the target of N2D2's object detection (bounding boxes); qatrun "
+     "trains rate-based classifiers"),
     ("insert-batchnorm", "InsertBatchNormAfterConv=1\n[a]\nInput=sp\nType=Activation\nNbOutputs=1\n[a.Target]\n",
      "test.ini:1: InsertBatchNormAfterConv: not supported by qatrun: write the BatchNorm layers"),
     ("default-data-type", "DefaultDataType=Float16\n[a]\nInput=sp\nType=Activation\nNbOutputs=1\n[a.Target]\n",
