@@ -184,6 +184,10 @@ class Emitter:
     def fc(self, step: Step, fan_in: int, outs: int) -> str:
         x, y = step.inputs[0], step.output
         m = step.module
+        pk = step.packed
+        assert pk is not None
+        if pk.connected is None and pk.bits in (4, 8) and (fan_in * pk.bits) % 8 == 0:
+            return self.fc_codes(step, fan_in, outs)
         unpack, decls = self.weights(step)
         b = self.bias(step)
         acc = step.acc_type
@@ -202,6 +206,42 @@ class Emitter:
 }}
 """
 
+    def fc_codes(self, step: Step, fan_in: int, outs: int) -> str:
+        """A dot product on the stored codes: ``sum W (x - z) = base sum (x - z) + step sum u (x - z)``, the
+        first sum shared by every output, the codes read straight from the packed bytes (4 or 8 bits)."""
+        x, y = step.inputs[0], step.output
+        m = step.module
+        pk = step.packed
+        assert pk is not None
+        data = self._const(step, "weights", "uint8_t", "w", pk.data)
+        b = self.bias(step)
+        span = max(abs(x.hi - m.input_zero), abs(x.lo - m.input_zero))
+        umax = (1 << pk.bits) - 1
+        bound = fan_in * span * (abs(pk.base) + pk.step * umax) + int(np.abs(step.bias).max(initial=0))
+        acc = "int32_t" if bound < 2**31 and step.acc_type == "int32_t" else "int64_t"
+        z = m.input_zero
+        xv = (lambda e: f"((int32_t){e} - {z})") if z else (lambda e: f"(int32_t){e}")
+        if pk.bits == 8:
+            dot = f"for (i = 0; i < {fan_in}; ++i) dot += ({acc})row[i] * {xv('x[i]')};"
+        else:
+            dot = (f"for (i = 0; i < {fan_in // 2}; ++i) dot += ({acc})(row[i] & 15u) * {xv('x[2 * i]')}"
+                   f" + ({acc})(row[i] >> 4) * {xv('x[2 * i + 1]')};")
+        rescale = self.rescale(step, "acc", "o")
+        return f"""static void {self.fname(step)}(const {x.ctype} *x, {y.ctype} *y)
+{{
+    int32_t o, i;
+    {acc} total = 0;
+    for (i = 0; i < {fan_in}; ++i) total += {xv('x[i]')};
+    for (o = 0; o < {outs}; ++o) {{
+        const uint8_t *row = {data} + (int32_t)o * {fan_in * pk.bits // 8};
+        {acc} dot = 0, acc;
+        {dot}
+        acc = ({acc}){b}[o] + ({acc})({pk.base}) * total + ({acc}){pk.step} * dot;
+        y[o] = {rescale};
+    }}
+}}
+"""
+
     def conv(self, step: Step) -> str:
         m = step.module
         x, y = step.inputs[0], step.output
@@ -210,6 +250,8 @@ class Emitter:
         if (g["OH"], g["OW"]) == (1, 1) and (g["KH"], g["KW"]) == (g["H"], g["W"]) and not (g["PY"] or g["PX"]) \
                 and m.groups == 1 and not step.pool:
             return self.fc(step, g["C"] * g["H"] * g["W"], g["O"])  # the kernel covers the input: a dot product
+        if (g["SX"], g["DX"], g["PX"], g["PY"], g["SY"], g["DY"]) == (1, 1, 0, 0, 1, 1):
+            return self.conv_band(step, g)
         unpack, decls = self.weights(step)
         if "w[i" in unpack or "i = 0" in unpack:
             decls += "\n    int32_t i;"
@@ -217,6 +259,14 @@ class Emitter:
         acc = step.acc_type
         term = self.centred(x, "row[ox * %d + dx]" % g["SX"], m.input_zero, acc)
         rescale = self.rescale(step, "acc[ox]", "o")
+        if g["PX"] == 0:  # no padding across: every column of the window is inside the row
+            columns, lo, hi = "", "0", str(g["OW"])
+        else:
+            columns = f"""/* the columns ox with 0 <= ox * SX + dx < W */
+                        const int32_t lo = dx < 0 ? (-dx + {g['SX'] - 1}) / {g['SX']} : 0;
+                        const int32_t hi0 = ({g['W'] - 1} - dx) / {g['SX']} + 1;
+                        const int32_t hi = dx > {g['W'] - 1} ? 0 : (hi0 < {g['OW']} ? hi0 : {g['OW']});"""
+            lo, hi = "lo", "hi"
         conn = ""
         if step.packed is not None and step.packed.connected is not None:
             conn = f"if (!{cname(step.name)}_conn[o * {g['CPG']} + c]) continue;"
@@ -262,16 +312,79 @@ class Emitter:
                     for (kx = 0; kx < {g['KW']}; ++kx) {{
                         const {acc} wv = w[(c * {g['KH']} + ky) * {g['KW']} + kx];
                         const int32_t dx = kx * {g['DX']} - {g['PX']};
-                        /* the columns ox with 0 <= ox * SX + dx < W */
-                        const int32_t lo = dx < 0 ? (-dx + {g['SX'] - 1}) / {g['SX']} : 0;
-                        const int32_t hi0 = ({g['W'] - 1} - dx) / {g['SX']} + 1;
-                        const int32_t hi = dx > {g['W'] - 1} ? 0 : (hi0 < {g['OW']} ? hi0 : {g['OW']});
-                        for (ox = lo; ox < hi; ++ox) acc[ox] += wv * {term};
+                        {columns}
+                        for (ox = {lo}; ox < {hi}; ++ox) acc[ox] += wv * {term};
                     }}
                 }}
             }}
             for (ox = 0; ox < {g['OW']}; ++ox) {store}
 {pool}
+        }}
+    }}
+}}
+"""
+
+    def conv_band(self, step: Step, g: dict[str, int]) -> str:
+        """A valid stride-1 convolution, R output rows at a time: over a band the input rows are contiguous,
+        so each weight is one long loop ``acc[j] += w * src[kx + j]`` over ``(R - 1) W + OW`` positions (the
+        columns past OW of each row are computed and dropped), a constant trip count the compiler vectorizes."""
+        x, y = step.inputs[0], step.output
+        m = step.module
+        p = max(1, step.pool)
+        used = y.shape[1] * p if step.pool else g["OH"]
+        rows = band_rows(used, p, g["W"], g["OW"], SIZES[step.acc_type])
+        length = (rows - 1) * g["W"] + g["OW"]
+        step.band = (rows, length)
+        unpack, decls = self.weights(step)
+        if "w[i" in unpack or "i = 0" in unpack:
+            decls += "\n    int32_t i;"
+        b = self.bias(step)
+        acc = step.acc_type
+        term = self.centred(x, "src[kx + j]", m.input_zero, acc)
+        rescale = self.rescale(step, "acc[r * %d + ox]" % g["W"], "o")
+        conn = ""
+        if step.packed is not None and step.packed.connected is not None:
+            conn = f"if (!{cname(step.name)}_conn[o * {g['CPG']} + c]) continue;"
+        if step.pool:
+            store = f"""for (r = 0; r < {rows}; ++r)
+                for (ox = 0; ox < {g['OW']}; ++ox) lv[r][ox] = {rescale};
+            for (r = 0; r < {rows // p}; ++r) {{
+                for (px = 0; px < {y.shape[2]}; ++px) {{
+                    {y.ctype} best = lv[r * {p}][px * {p}];
+                    for (ky = 0; ky < {p}; ++ky)
+                        for (kx = 0; kx < {p}; ++kx)
+                            if (lv[r * {p} + ky][px * {p} + kx] > best) best = lv[r * {p} + ky][px * {p} + kx];
+                    y[((int32_t)o * {y.shape[1]} + oy0 / {p} + r) * {y.shape[2]} + px] = best;
+                }}
+            }}"""
+            lv = f"{y.ctype} lv[{rows}][{g['OW']}];\n    int32_t px;"
+        else:
+            store = f"""for (r = 0; r < {rows}; ++r)
+                for (ox = 0; ox < {g['OW']}; ++ox)
+                    y[((int32_t)o * {g['OH']} + oy0 + r) * {g['OW']} + ox] = {rescale};"""
+            lv = ""
+        return f"""static void {self.fname(step)}(const {x.ctype} *x, {y.ctype} *y)
+{{
+    {decls}
+    {acc} acc[{length}];
+    {lv}
+    int32_t o, oy0, c, ky, kx, j, r, ox;
+    for (o = 0; o < {g['O']}; ++o) {{
+        const int32_t cbase = (o / {g['OPG']}) * {g['CPG']};
+        {unpack}
+        for (oy0 = 0; oy0 < {used}; oy0 += {rows}) {{
+            for (j = 0; j < {length}; ++j) acc[j] = {b}[o];
+            for (c = 0; c < {g['CPG']}; ++c) {{
+                {conn}
+                for (ky = 0; ky < {g['KH']}; ++ky) {{
+                    const {x.ctype} *src = x + ((int32_t)(cbase + c) * {g['H']} + oy0 + ky) * {g['W']};
+                    for (kx = 0; kx < {g['KW']}; ++kx) {{
+                        const {acc} wv = w[(c * {g['KH']} + ky) * {g['KW']} + kx];
+                        for (j = 0; j < {length}; ++j) acc[j] += wv * {term};
+                    }}
+                }}
+            }}
+            {store}
         }}
     }}
 }}
@@ -434,6 +547,19 @@ void qatrun_run(const uint8_t input[QATRUN_INPUT_SIZE], qatrun_output_t output[Q
 """
 
 
+BAND_BYTES = 1024  # the largest accumulator band of a convolution (stack)
+
+
+def band_rows(used: int, pool: int, width: int, out_width: int, acc_bytes: int) -> int:
+    """The rows of a convolution band: the most rows, a multiple of the pooling window dividing the rows
+    used, whose accumulators fit :data:`BAND_BYTES` (at least one pooling window)."""
+    best = pool
+    for rows in range(pool, used + 1, pool):
+        if used % rows == 0 and ((rows - 1) * width + out_width) * acc_bytes <= BAND_BYTES:
+            best = rows
+    return best
+
+
 def _ordered_sum(terms: list[str]) -> str:
     """``((t0 + t1) + t2) ...``: the order torch sums a stack over its first dimension."""
     total = terms[0]
@@ -448,6 +574,19 @@ static inline void qatrun_unpack(const uint8_t *src, uint32_t bit, int32_t count
 {
     const uint32_t mask = (1u << bits) - 1u;
     int32_t i;
+    if (bits == 8 && bit % 8u == 0) {  /* whole bytes */
+        for (i = 0; i < count; ++i) dst[i] = (int16_t)(base + step * (int32_t)src[(bit >> 3) + (uint32_t)i]);
+        return;
+    }
+    if (bits == 4 && bit % 8u == 0) {  /* nibbles, low first */
+        const uint8_t *p = src + (bit >> 3);
+        for (i = 0; i + 1 < count; i += 2, ++p) {
+            dst[i] = (int16_t)(base + step * (int32_t)(*p & 15u));
+            dst[i + 1] = (int16_t)(base + step * (int32_t)(*p >> 4));
+        }
+        if (i < count) dst[i] = (int16_t)(base + step * (int32_t)(*p & 15u));
+        return;
+    }
     for (i = 0; i < count; ++i) {
         const uint32_t byte = bit >> 3, shift = bit & 7u;
         uint32_t v = (uint32_t)src[byte] >> shift;

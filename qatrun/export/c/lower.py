@@ -200,6 +200,7 @@ class Step:
     acc_type: str = "int32_t"
     bias: np.ndarray | None = None
     checked: list[fx.Node] = field(default_factory=list)
+    band: tuple[int, int] | None = None  # set by the emitter: (rows, accumulators) of a banded convolution
 
     @property
     def scratch_bytes(self) -> int:
@@ -207,6 +208,10 @@ class Step:
         if self.kind in ("conv", "fc"):
             assert self.packed is not None
             total = 2 * self.packed.fan_in
+            if self.band is not None:
+                rows, length = self.band
+                return total + length * SIZES[self.acc_type] + (rows * self.conv_width * SIZES[self.output.ctype]
+                                                                if self.pool else 0)
             if self.kind == "conv":
                 width = self.conv_width
                 total += width * SIZES[self.acc_type] + max(1, self.pool) * width * SIZES[self.output.ctype]
