@@ -130,6 +130,7 @@ class Database:
     type_name: ClassVar[str]
     default_subdir: ClassVar[str]
     keys: ClassVar[tuple[Key, ...]] = ()
+    fixed_settings: ClassVar[dict[str, Any]] = {}  # settings a driver has but takes no key for
 
     data_path: str
     random_partitioning: bool
@@ -146,7 +147,7 @@ class Database:
             if section.read(key) != key.default:
                 raise section.error(key.name, f"is not supported by qatrun (only the default {key.default!r})")
         section.read(COMPOSITE_LABEL)
-        settings = {key.name: section.read(key) for key in cls.keys}
+        settings = {**cls.fixed_settings, **{key.name: section.read(key) for key in cls.keys}}
         database = cls(data_path, random_partitioning, section.location, section.name, settings)
         database.validate(section)
         return database
@@ -668,6 +669,54 @@ class Directory(Database):
 
 
 @dataclass(frozen=True)
+class Caltech101(Directory):
+    """``Caltech101_DIR_Database``: ``101_ObjectCategories/<category>/*.jpg``, one label per category, in
+    sorted order; ``BACKGROUND_Google`` (the clutter category) only with ``IncClutter=1``. Partitioned per
+    label as ``DIR_Database`` does by default (``Learn``, ``Validation``, Test the rest; every label gives as
+    many images as the rarest).
+    """
+
+    type_name: ClassVar[str] = "Caltech101_DIR_Database"
+    default_subdir: ClassVar[str] = "101_ObjectCategories"
+    clutter: ClassVar[str] = "BACKGROUND_Google"
+    keys: ClassVar[tuple[Key, ...]] = (
+        Key("Learn", "float", doc="fraction of each category for Learn"),
+        VALIDATION,
+        Key("IncClutter", "bool", False, "include the clutter category"),
+    )
+    fixed_settings: ClassVar[dict[str, Any]] = {
+        "Test": -1.0, "Depth": 1, "LabelName": "", "LabelDepth": 1, "PerLabelPartitioning": True,
+        "EquivLabelPartitioning": True, "LoadInMemory": False, "ValidExtensions": IMAGE_EXTENSIONS,
+    }
+
+    @classmethod
+    def from_section(cls, section: Section) -> Database:
+        return super(Directory, cls).from_section(section)  # a default folder: DataPath is optional
+
+    def how_to_get(self) -> str:
+        return f"Extract {self.default_subdir} into one of these folders, or set DataPath in [database]."
+
+    def catalog(self) -> tuple[Path, list[Path], torch.Tensor, list[str]]:
+        folder, files, labels, names = super().catalog()
+        if self.settings["IncClutter"] or self.clutter not in names:
+            return folder, files, labels, names
+        drop = names.index(self.clutter)
+        keep = labels != drop
+        kept = [path for path, flag in zip(files, keep.tolist()) if flag]
+        return folder, kept, labels[keep] - (labels[keep] > drop).long(), names[:drop] + names[drop + 1:]
+
+
+@dataclass(frozen=True)
+class Caltech256(Caltech101):
+    """``Caltech256_DIR_Database``: as ``Caltech101_DIR_Database`` in ``256_ObjectCategories``, whose
+    clutter category is ``257.clutter``."""
+
+    type_name: ClassVar[str] = "Caltech256_DIR_Database"
+    default_subdir: ClassVar[str] = "256_ObjectCategories"
+    clutter: ClassVar[str] = "257.clutter"
+
+
+@dataclass(frozen=True)
 class Ilsvrc2012(Database):
     """``ILSVRC2012_Database``: ``train/<synset>/*.JPEG`` (Learn fraction, rest Test) and ``val/`` with
     ``val.txt`` (``<file> <label index>`` per line) for Validation and, with ``UseValidationForTest=1``,
@@ -903,7 +952,8 @@ OUT_OF_SCOPE_DATABASES: dict[str, str] = {
 RATE_BASED = "qatrun trains rate-based classifiers"
 
 DATABASES: dict[str, type[Database]] = {
-    cls.type_name: cls for cls in (MnistIdx, FashionMnistIdx, Cifar10, Cifar100, Ilsvrc2012, Directory, Gtsrb)
+    cls.type_name: cls
+    for cls in (MnistIdx, FashionMnistIdx, Cifar10, Cifar100, Ilsvrc2012, Directory, Gtsrb, Caltech101, Caltech256)
 }
 """Registry: the ``[database] Type=`` value -> the driver."""
 

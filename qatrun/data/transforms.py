@@ -869,6 +869,120 @@ class ChannelExtraction(Transformation):
         return bgr_to_ycrcb(x)[:, k : k + 1].contiguous()
 
 
+def equalize_hist(x: torch.Tensor) -> torch.Tensor:
+    """OpenCV's ``equalizeHist`` on each channel of each 8-bit image.
+
+    With ``i0`` the smallest value present and ``n`` the pixel count, value ``i`` becomes
+    ``round(float(cdf(i) - cdf(i0)) * float(255 / (n - h(i0))))`` in float32 (half to even), ``i0``
+    becomes 0; an image of one value keeps it.
+    """
+    n, c, h, w = x.shape
+    flat = x.reshape(n * c, h * w).long()
+    counts = torch.zeros(n * c, 256, dtype=torch.int64).scatter_add_(1, flat, torch.ones_like(flat))
+    first = (counts > 0).to(torch.int64).argmax(dim=1, keepdim=True)  # i0
+    low = counts.gather(1, first)
+    total = h * w
+    scale = (torch.tensor(255.0, dtype=torch.float32) / (total - low).clamp(min=1).float())
+    lut = ((counts.cumsum(dim=1) - low).float() * scale).round().clamp(0, 255).to(torch.uint8)
+    lut = torch.where(low == total, first.to(torch.uint8).expand(-1, 256), lut)
+    return lut.gather(1, flat).reshape(n, c, h, w)
+
+
+@dataclass(frozen=True)
+class Equalize(Transformation):
+    """``EqualizeTransformation``: histogram equalization of each channel of 8-bit images (``Method=Standard``,
+    OpenCV's ``equalizeHist``; see :func:`equalize_hist`). ``Method=CLAHE`` is not implemented by qatrun."""
+
+    name: ClassVar[str] = "EqualizeTransformation"
+    keys: ClassVar[tuple[Key, ...]] = (
+        Key("Method", "enum", "Standard", "Standard (equalizeHist) or CLAHE", ("Standard", "CLAHE")),
+        Key("CLAHE_ClipLimit", "float", 40.0, "CLAHE contrast limit"),
+        Key("CLAHE_GridSize", "int", 8, "CLAHE tiles per side"),
+    )
+    method: str = "Standard"
+    clahe_clip_limit: float = 40.0
+    clahe_grid_size: int = 8
+
+    def _validated(self, section: Section) -> Transformation:
+        if self.method == "CLAHE":
+            raise section.error("Method", "CLAHE is not implemented by qatrun (Standard is: OpenCV's equalizeHist)")
+        return self
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.dtype != torch.uint8:
+            raise DataError(f"{self.name} equalizes 8-bit images; a transformation before it made the data float")
+        return equalize_hist(x)
+
+
+def _ranged(generator: torch.Generator | None, n: int, bounds: Sequence[float], probability: float,
+            neutral: float) -> torch.Tensor:
+    """n draws of U(bounds), each kept with ``probability`` (else ``neutral``): (n, 1, 1, 1) float64."""
+    value = _uniform(generator, n, bounds[0], bounds[1])
+    kept = torch.rand(n, generator=generator, dtype=torch.float64) < probability
+    return torch.where(kept, value, torch.full_like(value, neutral)).view(n, 1, 1, 1)
+
+
+@dataclass(frozen=True)
+class RandomAffine(Transformation):
+    """``RandomAffineTransformation``: per image, ``y = (g x + b) ^ gamma`` with a gain ``g``, a bias ``b``
+    and a ``gamma`` drawn uniformly in ``GainRange``, ``BiasRange`` and ``GammaRange``, each drawn with its
+    probability (``*VarProb``, else 1, 0, 1).
+
+    The values are taken on [0, 1]: 8-bit data as ``p / 255`` and back to 8 bits rounded, float data as
+    they are; ``g x + b`` is clamped to [0, 1] before the gamma. Random augmentation: qatrun draws from
+    torch's generator, not N2D2's stream. N2D2's per-channel ranges (``GainRange[k]``...) and
+    ``ChannelsMask`` are not implemented (strict mode reports them), nor ``DisjointGamma=1``.
+    """
+
+    name: ClassVar[str] = "RandomAffineTransformation"
+    random: ClassVar[bool] = True
+    keys: ClassVar[tuple[Key, ...]] = (
+        Key("GainRange", "floats", (1.0, 1.0), "gain interval"),
+        Key("BiasRange", "floats", (0.0, 0.0), "bias interval (on values in [0, 1])"),
+        Key("GammaRange", "floats", (1.0, 1.0), "gamma interval"),
+        Key("GainVarProb", "float", 1.0, "probability of drawing a gain"),
+        Key("BiasVarProb", "float", 1.0, "probability of drawing a bias"),
+        Key("GammaVarProb", "float", 1.0, "probability of drawing a gamma"),
+        Key("DisjointGamma", "bool", False, "gamma or gain and bias, not both (only 0)"),
+    )
+    gain_range: tuple[float, ...] = (1.0, 1.0)
+    bias_range: tuple[float, ...] = (0.0, 0.0)
+    gamma_range: tuple[float, ...] = (1.0, 1.0)
+    gain_var_prob: float = 1.0
+    bias_var_prob: float = 1.0
+    gamma_var_prob: float = 1.0
+    disjoint_gamma: bool = False
+
+    def _validated(self, section: Section) -> Transformation:
+        for key, bounds in (("GainRange", self.gain_range), ("BiasRange", self.bias_range),
+                            ("GammaRange", self.gamma_range)):
+            if len(bounds) != 2 or bounds[0] > bounds[1]:
+                raise section.error(key, f"expected two numbers, min max, found {' '.join(map(str, bounds))}")
+        if self.gamma_range[0] <= 0:
+            raise section.error("GammaRange", f"a gamma must be positive, found {self.gamma_range[0]}")
+        for key, p in (("GainVarProb", self.gain_var_prob), ("BiasVarProb", self.bias_var_prob),
+                       ("GammaVarProb", self.gamma_var_prob)):
+            if not 0.0 <= p <= 1.0:
+                raise section.error(key, f"expected a probability in [0, 1], found {p}")
+        if self.disjoint_gamma:
+            raise section.error("DisjointGamma", "only 0 is implemented by qatrun")
+        return self
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        n = x.shape[0]
+        gain = _ranged(generator, n, self.gain_range, self.gain_var_prob, 1.0)
+        bias = _ranged(generator, n, self.bias_range, self.bias_var_prob, 0.0)
+        gamma = _ranged(generator, n, self.gamma_range, self.gamma_var_prob, 1.0)
+        eight_bit = x.dtype == torch.uint8
+        v = x.double() / 255.0 if eight_bit else x.double()
+        y = (gain * v + bias).clamp(0.0, 1.0) ** gamma
+        return (y * 255.0).round().to(torch.uint8) if eight_bit else y.to(x.dtype)
+
+
+# Transformations of N2D2's segmentation labels: refused by name, saying why.
+LABEL_TRANSFORMATIONS = ("LabelExtractionTransformation", "LabelFilterTransformation",
+                         "LabelSliceExtractionTransformation", "ExpandLabelTransformation")
+
 MATRIX_EXTENSIONS = (".bin",)
 
 
@@ -970,6 +1084,8 @@ TRANSFORMATIONS: dict[str, type[Transformation]] = {
         Distortion,
         ChannelExtraction,
         Affine,
+        Equalize,
+        RandomAffine,
     )
 }
 """Registry: the ``Type=`` value -> the transformation class."""
@@ -985,6 +1101,9 @@ def transformation_from_section(section: Section) -> tuple[Transformation, str]:
         ConfigError: unknown ``Type`` (listing the valid ones) or a bad key.
     """
     kind = section.read(TYPE)
+    if kind in LABEL_TRANSFORMATIONS:
+        raise section.error("Type", f"{kind} transforms the pixel-wise labels of N2D2's segmentation; qatrun trains "
+                            "rate-based classifiers")
     cls = TRANSFORMATIONS.get(kind)
     if cls is None:
         raise section.error("Type", f'unknown transformation "{kind}"; qatrun implements: {", ".join(TRANSFORMATIONS)}')
