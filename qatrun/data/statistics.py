@@ -113,8 +113,11 @@ class Statistics:
         return {f"{self.spec.name}/{name}": image for name, image in found.items() if image is not None}
 
     def write(self, folder: Path) -> list[Path]:
-        """Writes N2D2's files of this section into ``folder/<section>/``; returns them."""
+        """Writes N2D2's files of this section into ``folder/<section>/`` (none without a log or an image
+        asked for); returns them."""
         out = folder / self.spec.name
+        if not (self.images() or self.spec.log_size_range or self.histogram is not None):
+            return []
         out.mkdir(parents=True, exist_ok=True)
         written = []
         for relative, image in self.images().items():

@@ -223,6 +223,39 @@ def test_with_the_data_present_nothing_is_provisional() -> None:
     assert "depend on the data set" not in network.summary()
 
 
+def test_learning_writes_the_stimuli_data_files_n2d2_writes(tmp_path: Path) -> None:
+    from tests.data.helpers import mnist_folder
+
+    mnist_folder(tmp_path / "mnist", 20, 4, gz=False)
+    ini = write(tmp_path, f"""\
+        [database]
+        Type=MNIST_IDX_Database
+        DataPath={tmp_path / "mnist"}
+        [sp]
+        SizeX=28
+        SizeY=28
+        BatchSize=10
+        [sp.StimuliData-mean]
+        MeanData=1
+        LogSizeRange=1
+        [sp.Transformation-1]
+        Type=AffineTransformation
+        FirstOperator=Minus
+        FirstValue=sp.StimuliData-mean/meanData.bin
+        [fc]
+        Input=sp
+        Type=Fc
+        NbOutputs=10
+        [fc.Target]
+        """)
+    network = qatrun.load(ini)
+    data = network.open_data()
+    network.learn(data, epochs=1, out_dir=tmp_path / "run", say=lambda line: None)
+    out = tmp_path / "run" / "sp.StimuliData-mean"
+    assert sorted(p.name for p in out.iterdir()) == ["meanData.bin", "sizeRange.dat"]
+    assert (out / "sizeRange.dat").read_text() == "28 28 1 20\n"
+
+
 # ------------------------------------------------------------------------------------------ no [database]
 
 
