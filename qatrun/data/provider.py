@@ -318,8 +318,9 @@ class DataSpec:
     def _check_static_shapes(self) -> None:
         """With a database of known image size, checks every partition's output shape now."""
         shape = getattr(self.database, "raw_shape", None)
-        if shape is None:
-            return
+        provisional = {value.section for value in self.document.provisional()}
+        if shape is None or any(stage.section.name in provisional for stage in self.stages):
+            return  # unknown size, or sizes that depend on StimuliData statistics: checked when opened
         for partition in PARTITIONS:
             static, dynamic = self.chain(partition)
             current: Shape | None = shape

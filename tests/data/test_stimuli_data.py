@@ -280,3 +280,11 @@ def test_gtsrb_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         DataSpec.from_doc(doc(GTSRB_SP.format(root=tmp_path).replace("Validation=0.25", "ExtractROIs=1")))
     assert str(info.value) == "t.ini:4: [database] ExtractROIs: is not supported by qatrun (only 0: the whole image)"
+
+
+def test_sizes_from_statistics_are_checked_when_the_data_are_opened(mnist) -> None:
+    folder, train, _ = mnist
+    body = ("[sp.StimuliData-size]\n[sp.Transformation-1]\nType=PadCropTransformation\n"
+            "Width=[sp.StimuliData-size]_MaxSize.dimX\nHeight=[sp.StimuliData-size]_MaxSize.dimY\n")
+    spec = spec_for(folder, body)  # the placeholder size (1) is not held against the input size
+    assert torch.equal(collect(spec.open(0), "Learn"), scaled(train))
