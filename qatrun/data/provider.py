@@ -23,11 +23,15 @@ go through the static list per image in ``DataLoader`` workers, then per batch t
 (images may differ in size until a ``Rescale``), and the results are stacked: from there on it is the
 in-memory path.
 
-``StimuliData`` statistics are computed over the Learn partition as the data stand at that point of the
-file (8-bit data as 0..255) and published as ``_GlobalValue.minVal``, ``.maxVal``, ``.mean`` and
-``.stdDev`` (population standard deviation over every value). ``from_doc`` injects the neutral
-placeholders 0, 1, 0, 1 so that later sections referring to them can be validated; ``open`` replaces
-them and reads those sections again.
+``StimuliData`` statistics (:mod:`qatrun.data.statistics`) are computed over the ``ApplyTo`` partitions
+(default Learn) as the data stand at that point of the file (8-bit data as 0..255) and published as
+``_GlobalValue.minVal``, ``.maxVal``, ``.mean``, ``.stdDev`` and ``_MinSize`` / ``_MaxSize`` /
+``_MeanSize.dimX|dimY|dimZ``. ``from_doc`` injects neutral placeholders so that later sections referring
+to them can be validated; ``open`` replaces them and reads those sections again.
+
+Without the data set (absent, or no ``[database]``), :meth:`DataSpec.inject_unknown_epoch_size` puts a
+placeholder in ``[sp]_EpochSize``: the network builds, every value read through a placeholder is listed
+(:meth:`DataSpec.data_note`, under the summary), and learning with what was built from it is refused.
 """
 
 from __future__ import annotations
@@ -75,9 +79,9 @@ SPIKING_ENV_KEYS = (
     "ReadAerData", "StopStimulusTime",
 )  # fmt: skip
 
-STATISTICS = GLOBAL_VALUE
-PLACEHOLDERS = (0.0, 1.0, 0.0, 1.0)
-SIZE_STATISTICS = SIZES
+# Neutral stand-ins for the StimuliData properties until the data are opened: min 0, max 1, mean 0, std 1,
+# sizes 1 (values read through them are listed by DataSpec.data_note).
+PLACEHOLDERS = dict(zip(GLOBAL_VALUE + SIZES, (0.0, 1.0, 0.0, 1.0) + (1,) * len(SIZES)))
 EPOCH_PLACEHOLDER = 1_000_000  # large: a schedule divided by the batch size stays positive
 _STATS_CHUNK = 4096
 
@@ -248,7 +252,7 @@ class DataSpec:
         return size
 
     def inject_unknown_epoch_size(self, missing: DataError) -> None:
-        """Publishes a placeholder ``[<sp>]_EpochSize`` (1) when the data set is absent, so that the network
+        """Publishes a placeholder ``[<sp>]_EpochSize`` (1,000,000) when the data set is absent, so that the network
         builds; every value read through it is listed by :meth:`data_note` and learning is refused.
 
         Args:
@@ -408,7 +412,7 @@ def _read_stages(doc: Document, sp: Section) -> list[Stage]:
                 "<sp>.OnTheFlyTransformation* or <sp>.StimuliData*)",
             )
         if kind == "statistics":
-            for key, value in zip(STATISTICS + SIZE_STATISTICS, PLACEHOLDERS + (1,) * len(SIZE_STATISTICS)):
+            for key, value in PLACEHOLDERS.items():
                 section.inject(key, value, placeholder=True)
         stage = Stage(section, kind)
         stage.read()

@@ -69,8 +69,9 @@ def test_equalize_is_opencvs_equalize_hist(tmp_path: Path) -> None:
     assert torch.equal(equalize_hist(flat), flat)  # one value: kept
 
 
-def test_equalize_errors(tmp_path: Path) -> None:
-    base = "[database]\nType=MNIST_IDX_Database\n[sp]\nSizeX=28\nSizeY=28\n[sp.Transformation]\nType=EqualizeTransformation\n"
+def test_equalize_clahe_is_refused() -> None:
+    base = ("[database]\nType=MNIST_IDX_Database\n[sp]\nSizeX=28\nSizeY=28\n"
+            "[sp.Transformation]\nType=EqualizeTransformation\n")
     with pytest.raises(ConfigError) as info:
         DataSpec.from_doc(doc(base + "Method=CLAHE\n"))
     assert str(info.value) == ("t.ini:8: [sp.Transformation] Method: CLAHE is not implemented by qatrun (Standard is: "

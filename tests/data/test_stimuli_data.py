@@ -30,7 +30,8 @@ def mnist(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, torch.Tensor,
 
 
 def spec_for(folder: Path, body: str, validation: float = 0.0) -> DataSpec:
-    database = f"[database]\nType=MNIST_IDX_Database\nDataPath={folder}\nValidation={validation}\nRandomPartitioning=0\n"
+    database = (f"[database]\nType=MNIST_IDX_Database\nDataPath={folder}\nValidation={validation}\n"
+                "RandomPartitioning=0\n")
     return DataSpec.from_doc(doc(database + "[sp]\nSizeX=28\nSizeY=28\n" + body))
 
 
