@@ -48,7 +48,7 @@ def compile_program(target: Target, folder: Path, output: str, debug: bool = Fal
         RunError: the compiler failed (its first lines of errors are in the message).
     """
     program = folder / output
-    command = [target.compiler, opt, *CFLAGS, *extra, *(["-DQATRUN_DEBUG"] if debug else []), "-o", str(program),
+    command = [target.compiler, opt, *CFLAGS, *extra, *(["-DQATRUN_DEBUG"] if debug else []), "-o", output,
                *SOURCES, *target.flags]
     result = subprocess.run(command, cwd=folder, capture_output=True, text=True)
     if result.returncode != 0:
