@@ -26,7 +26,7 @@ import torch
 
 from qatrun.data import formats
 from qatrun.errors import DataError, Location
-from qatrun.ini import Key, Section
+from qatrun.ini import Key, Section, expand_env
 
 PARTITIONS = ("Learn", "Validation", "Test")
 SHIPPED_MNIST = Path(__file__).resolve().parent / "mnist"
@@ -50,6 +50,21 @@ COMPOSITE_LABEL = Key(
     "CompositeLabel", "enum", "Auto", "how pixel-wise labels combine (no effect on image labels)",
     ("None", "Auto", "Default", "Disjoint", "Combine"),
 )  # fmt: skip
+
+
+def read_path(section: Section, key: Key, unset: list[DataError]) -> str:
+    """A path key of ``[database]``, environment variables expanded (unset ones as nothing, as N2D2).
+
+    Args:
+        unset: receives the error naming the unset variables, raised when the data are looked for.
+    """
+    section.declare(key.name)
+    text = section.raw(key.name, key.default)
+    try:
+        return expand_env(text, strict=True)
+    except ValueError as exc:
+        unset.append(DataError(str(exc), section.location_of(key.name), section.name, key.name))
+        return expand_env(text)
 
 
 def round_half_away(value: float) -> int:
@@ -137,18 +152,27 @@ class Database:
     location: Location  # of the [database] header, for error messages
     section_name: str = "database"
     settings: dict[str, Any] = field(default_factory=dict)  # the driver's own keys, by INI name
+    unset: DataError | None = field(default=None, compare=False)  # a path naming an unset variable
 
     @classmethod
     def from_section(cls, section: Section) -> Database:
-        """Reads every key of ``[database]`` this driver honours; rejects the unsupported ones."""
-        data_path = section.read(DATA_PATH)
+        """Reads every key of ``[database]`` this driver honours; rejects the unsupported ones.
+
+        A path that names an unset environment variable (``DataPath=${N2D2_DATA}/cifar10``) is an error
+        when the data are looked for, not here: the summary needs no data.
+        """
+        unset: list[DataError] = []
+        data_path = read_path(section, DATA_PATH, unset)
         random_partitioning = section.read(RANDOM_PARTITIONING)
         for key in UNSUPPORTED_AT_DEFAULT:
             if section.read(key) != key.default:
                 raise section.error(key.name, f"is not supported by qatrun (only the default {key.default!r})")
         section.read(COMPOSITE_LABEL)
-        settings = {**cls.fixed_settings, **{key.name: section.read(key) for key in cls.keys}}
-        database = cls(data_path, random_partitioning, section.location, section.name, settings)
+        own = {key.name: read_path(section, key, unset) if key.kind == "path" else section.read(key)
+               for key in cls.keys}
+        settings = {**cls.fixed_settings, **own}
+        database = cls(data_path, random_partitioning, section.location, section.name, settings,
+                       unset[0] if unset else None)
         database.validate(section)
         return database
 
@@ -196,6 +220,8 @@ class Database:
             DataError: the first existing folder is incomplete (the message names what is missing), or no
                 candidate exists (the message names every folder tried and how to provide the files).
         """
+        if self.unset is not None:
+            raise self.unset
         tried = []
         for folder, how in self.candidates():
             files = self.required(folder)

@@ -377,11 +377,12 @@ def test_unset_environment_variable_in_a_data_path_names_it(tmp_path: Path, caps
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("QATRUN_TEST_DATA_ROOT", raising=False)
     ini = write(tmp_path, "[database]\nType=CIFAR10_Database\nDataPath=${QATRUN_TEST_DATA_ROOT}/cifar-10\n"
-                "[sp]\nSizeX=32\nSizeY=32\nNbChannels=3\n")
-    assert cli_error(capsys, str(ini)) == (
-        f'{ini}:3: [database] DataPath: ${{QATRUN_TEST_DATA_ROOT}} is not set in the environment (the path would '
-        'read "/cifar-10"): set it, or write the path in full'
-    )
+                "[sp]\nSizeX=32\nSizeY=32\nNbChannels=3\n[fc]\nInput=sp\nType=Fc\nNbOutputs=10\n[fc.Target]\n")
+    unset = (f'{ini}:3: [database] DataPath: ${{QATRUN_TEST_DATA_ROOT}} is not set in the environment (the path '
+             'would read "/cifar-10"): set it, or write the path in full')
+    summary = qatrun.load(ini).summary()  # the data are not needed: no error, and nothing refers to them
+    assert "Total parameters: 30,730" in summary
+    assert cli_error(capsys, str(ini), "-test") == unset
 
 
 def test_unset_environment_variable_in_a_template_name_names_it(tmp_path: Path,
