@@ -360,6 +360,13 @@ def test_out_of_scope_refusal_through_the_command(tmp_path: Path, capsys: pytest
     )
 
 
+@pytest.mark.parametrize(("option", "what"), [("-learn-stdp", "N2D2's STDP learning of spiking networks"),
+                                              ("-present-time", "a setting of N2D2's spiking simulation")])
+def test_n2d2s_spiking_options_are_refused_with_the_reason(capsys: pytest.CaptureFixture[str], option: str,
+                                                           what: str) -> None:
+    assert cli_error(capsys, "models/LeNet.ini", option, "10") == f"{option} is {what}; {RATE}"
+
+
 # ------------------------------------------------------------------------------------------ environment
 
 
