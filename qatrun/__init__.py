@@ -9,6 +9,7 @@ The public API (see :mod:`qatrun.network`)::
     network.learn(data, epochs=1)
     integer = network.fuse()                          # an IntegerNetwork
     integer.verify(data).ok
+    float_network.calibrate(data, options=qatrun.CalibOptions(bits=8))   # post-training quantization
     qatrun.quantize(my_module, {"conv1": qatrun.quant.SATWeightSpec(range=15)})   # your own network
 
 The names below load torch on first use, so that ``import qatrun`` (and ``qatrun -h``) stays quick.
@@ -32,14 +33,16 @@ _API = {
     "Session": "qatrun.train",
     "resolve_seed": "qatrun.train",
     "FuseOptions": "qatrun.fuse",
+    "CalibOptions": "qatrun.calib",
     "QatrunError": "qatrun.errors",
 }
-_PACKAGES = ("data", "export", "fuse", "ini", "net", "quant", "train", "options", "errors")
+_PACKAGES = ("calib", "data", "export", "fuse", "ini", "net", "quant", "train", "options", "errors")
 
 __all__ = sorted([*_API, *_PACKAGES, "__version__"])
 
 if TYPE_CHECKING:
-    from qatrun import data, errors, export, fuse, ini, net, options, quant, train
+    from qatrun import calib, data, errors, export, fuse, ini, net, options, quant, train
+    from qatrun.calib import CalibOptions
     from qatrun.errors import QatrunError
     from qatrun.fuse import FuseOptions
     from qatrun.network import IntegerNetwork, Network, integerize, load, quant_plans, quantize, test_onnx

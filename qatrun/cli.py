@@ -27,7 +27,17 @@ from typing import Any
 
 from qatrun import __version__
 from qatrun.errors import QatrunError, RunError, did_you_mean
-from qatrun.options import EXPORT_KINDS, FUSE_FLAVOURS, KERNEL_MODES, METRICS, RESCALING_MODES, ROUND_MODES
+from qatrun.options import (
+    CLIPPING_MODES,
+    EXPORT_KINDS,
+    FUSE_FLAVOURS,
+    KERNEL_MODES,
+    METRICS,
+    OUT_OF_SCOPE_OPTIONS,
+    RESCALING_MODES,
+    ROUND_MODES,
+    WEIGHT_CLIPPING_MODES,
+)
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad option as a user error (one line, exit 2) instead of printing usage."""
@@ -45,6 +55,8 @@ class _Parser(argparse.ArgumentParser):
         if (arg_string.startswith("-") and arg_string != "-" and " " not in arg_string
                 and not self._negative_number_matcher.match(arg_string)):
             name = arg_string.split("=", 1)[0]
+            if name in OUT_OF_SCOPE_OPTIONS:
+                raise QatrunError(f"{name} is {OUT_OF_SCOPE_OPTIONS[name]}; qatrun trains rate-based classifiers")
             if name not in self._option_string_actions:
                 hint = did_you_mean(name, self._option_string_actions)
                 raise QatrunError(f"unknown option '{name}'{hint} (see 'qatrun -h')")
@@ -70,6 +82,17 @@ def _integer(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
+def _fraction(text: str) -> float:
+    """An argparse ``type``: a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="qatrun",
@@ -82,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  qatrun models/LeNet.ini                       print the network\n"
             "  qatrun models/LeNet.ini -learn-epoch 10 -test train, then test\n"
             "  qatrun models/LeNet-QAT.ini -learn-epoch 10 -w weights_clamped\n"
-            "  qatrun models/LeNet-QAT.ini -test -qat-fuse -w weights -export onnx-int"
+            "  qatrun models/LeNet-QAT.ini -test -qat-fuse -w weights -export onnx-int\n"
+            "  qatrun models/LeNet.ini -calib -1 -w weights -test -qat-fuse   post-training quantization"
         ),
     )
     p.add_argument("ini", metavar="NET.ini", help="network description (N2D2 INI dialect)")
@@ -114,6 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-w", metavar="DIR", help="import weights from an N2D2 weights folder (-w DIR or -w=DIR)")
     t.add_argument("-l", metavar="DIR", help="resume from a saved state folder (-l DIR or -l=DIR)")
     t.add_argument("-test", action="store_true", help="test (after learning, if learning)")
+    c = p.add_argument_group("calibration (post-training quantization, or QAT's starting values)")
+    c.add_argument("-calib", type=_integer(-1, MAX_STIMULI), default=0, metavar="N",
+                   help="calibrate on N stimuli of the Validation partition (else Test; -1 = all of it): a float "
+                        "network is quantized from them; a QAT network, before -learn*, starts its activation "
+                        "quantizers from them [0 = no calibration]")
+    c.add_argument("-calib-reload", action="store_true",
+                   help="reuse the histograms of calibration/ instead of reading stimuli")
+    c.add_argument("-nbbits", type=_integer(2, 8), default=8, metavar="N",
+                   help="bits of the calibrated weights and activations [8]")
+    c.add_argument("-act-clipping-mode", choices=CLIPPING_MODES, default="MSE", metavar="MODE",
+                   help="activation clipping: " + ", ".join(CLIPPING_MODES) + " [MSE]")
+    c.add_argument("-act-quantile-value", type=_fraction, default=0.9999, metavar="Q",
+                   help="fraction of the values kept by the Quantile mode [0.9999]")
+    c.add_argument("-wt-clipping-mode", choices=WEIGHT_CLIPPING_MODES, default="None", metavar="MODE",
+                   help="weight clipping: " + ", ".join(WEIGHT_CLIPPING_MODES) + " [None]")
+    c.add_argument("-act-rescale-per-output", type=_integer(0, 1), default=0, metavar="0|1",
+                   help="1: one weight scale per output channel, else per layer [0]")
     q = p.add_argument_group("fusion and export")
     q.add_argument("-qat-fuse", "-qat-sat", dest="qat_fuse", action="store_true",
                    help="fuse the quantized network into an integer-only one, verify it, test it")
@@ -129,6 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("-export", action="append", default=[], choices=EXPORT_KINDS, metavar="FMT",
                    help="write an export (repeatable): " + ", ".join(EXPORT_KINDS))
     q.add_argument("-test-onnx", metavar="FILE", help="test an ONNX file in onnxruntime with the INI's data")
+    q.add_argument("-db-export", type=_integer(-1, MAX_STIMULI), default=-1, metavar="N",
+                   help="-export c: the Test images written with the C export and run by its proof "
+                        "(-1 = all of them) [-1]")
     return p
 
 
@@ -186,11 +230,12 @@ def run(args: argparse.Namespace) -> int:
     import qatrun  # here, so that -h and -version answer without loading torch
 
     learning = bool(args.learn or args.learn_epoch)
-    acting = learning or args.test or args.qat_fuse or args.fuse or args.export or args.test_onnx
+    calibrating = bool(args.calib or args.calib_reload)
+    acting = learning or calibrating or args.test or args.qat_fuse or args.fuse or args.export or args.test_onnx
     if not acting:
         print(qatrun.load(args.ini, args.set, kernels=args.kernels).summary())
         return 0
-    writes = bool(learning or args.qat_fuse or args.fuse or args.export)  # else: testing only, nothing written
+    writes = bool(learning or calibrating or args.qat_fuse or args.fuse or args.export)  # else: nothing written
     out_dir = Path(".")
     with qatrun.Session.start(args.dev) as session, session.own_folder(out_dir, writes):
         # -l alone resumes with the seed the state was learnt with (its partitions and data order).
@@ -198,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
                                    out_dir, learning)
         network = qatrun.load(args.ini, args.set, seed=seed, kernels=args.kernels, device=session.device)
         network.target  # noqa: B018 - one target, checked before any data is read
-        _check_request(args, network)
+        _check_request(args, network, learning, calibrating)
         say = session.say
         say(network.summary())
         say(f"Using seed {seed} on {session.device}")
@@ -214,26 +259,41 @@ def run(args: argparse.Namespace) -> int:
             network.check_resume(args.l)
         if args.test_onnx:
             qatrun.network.open_onnx(args.test_onnx, data)  # a bad file is refused before any time is spent
+        if not learning and not args.w and not args.l:
+            _reload_saved(network, data, out_dir, required="-calib" if calibrating else None)
+        if calibrating:
+            _calibrate(args, network, data, out_dir if session.is_main else None, say)
         if session.is_main and writes:
             network.write_record(out_dir)  # everything is checked: from here on, the run writes
         if learning:
             network.learn(data, epochs=args.learn_epoch, stimuli=args.learn, out_dir=out_dir,
                           log_epoch=args.log_epoch, log_stimuli=args.log, valid_metric=args.valid_metric,
                           stop_valid=args.stop_valid, resume=args.l, say=say)  # tests too
-        else:
-            if not args.w and not args.l:
-                _reload_saved(network, data, out_dir)
-            if args.test and not (args.qat_fuse or args.fuse):
-                _say_lines(say, network.test(data).test_lines())
+        elif args.test and not (args.qat_fuse or args.fuse):
+            _say_lines(say, network.test(data).test_lines())
         if not session.is_main:
             return 0  # fusion, verification and export run once, on rank 0
         return _fuse_and_export(args, network, data, out_dir, say)
 
 
-def _check_request(args: argparse.Namespace, network: Any) -> None:
+def _check_request(args: argparse.Namespace, network: Any, learning: bool, calibrating: bool) -> None:
     """What the command line asks of the network that it cannot do, refused before anything is written."""
+    if calibrating:
+        if args.l:
+            raise RunError("-calib cannot be combined with -l: the saved learning state holds the quantizers' "
+                           "values already")
+        if network.quantized and not learning:
+            raise RunError("-calib on a quantized network (QWeight= / QAct= in the INI) sets its activation "
+                           "quantizers' starting values for -learn or -learn-epoch; to quantize trained float "
+                           "weights, give the float INI")
+        if not network.quantized and learning:
+            raise RunError("-calib quantizes a float network's trained weights; learn them first, then run "
+                           "-calib N -w weights (or give a QAT INI, whose quantizers -calib starts)")
+        return  # a float network is quantized by the calibration before it is fused or exported
     if args.qat_fuse or "onnx-int" in args.export:
         network.require_quantized("-qat-fuse needs" if args.qat_fuse else "-export onnx-int needs")
+    if "c" in args.export:
+        network.require_quantized("-export c needs")
     if "onnx-qdq" in args.export:
         network.require_quantized("-export onnx-qdq needs", integer_form=False)
 
@@ -243,14 +303,39 @@ def _say_lines(say: Callable[[str], None], lines: Sequence[str]) -> None:
         say(line)
 
 
-def _reload_saved(network: Any, data: Any, out_dir: Path) -> None:
-    """N2D2: a test without -w reloads ``weights_validation/`` (with a Validation set) or ``weights/``."""
+def _reload_saved(network: Any, data: Any, out_dir: Path, required: str | None = None) -> None:
+    """N2D2: a test without -w reloads ``weights_validation/`` (with a Validation set) or ``weights/``.
+
+    Args:
+        required: the option that needs trained weights (``-calib``): without any, an error.
+    """
     folder = network.load_saved_weights(data, out_dir)
     if folder is not None:
         print(f"Weights imported from '{folder}'")
-    else:
-        name = "weights_validation" if data.size("Validation") > 0 else "weights"
-        print(f"Notice: no '{out_dir / name}' folder: testing the initial weights", file=sys.stderr)
+        return
+    name = "weights_validation" if data.size("Validation") > 0 else "weights"
+    if required:
+        raise RunError(f"{required} needs trained weights: give -w FOLDER (there is no '{out_dir / name}' here)")
+    print(f"Notice: no '{out_dir / name}' folder: testing the initial weights", file=sys.stderr)
+
+
+def _calibrate(args: argparse.Namespace, network: Any, data: Any, out_dir: Path | None,
+               say: Callable[[str], None]) -> None:
+    """``-calib N`` / ``-calib-reload``: post-training quantization, or QAT's starting values."""
+    import qatrun
+
+    options = qatrun.CalibOptions(bits=args.nbbits, act_clipping=args.act_clipping_mode,
+                                  quantile=args.act_quantile_value, wt_clipping=args.wt_clipping_mode,
+                                  per_output=bool(args.act_rescale_per_output))
+    reload = Path(qatrun.calib.FOLDER) if args.calib_reload else None
+    say("Calculating calibration data range and histogram..." if reload is None
+        else f"Reusing the calibration of '{reload}'...")
+    result = network.calibrate(data, args.calib or -1, options, reload=reload, out_dir=out_dir, say=say)
+    what = "Quantized" if result.kind == "ptq" else "Activation quantizers started"
+    say(f"{what} from {result.stimuli} stimuli of {result.partition} ({result.settings()}):")
+    say(result.table())
+    if out_dir is not None:
+        say(f"    '{out_dir / qatrun.calib.FOLDER}' saved!")
 
 
 def _fuse_and_export(args: argparse.Namespace, network: Any, data: Any, out_dir: Path,
@@ -260,7 +345,7 @@ def _fuse_and_export(args: argparse.Namespace, network: Any, data: Any, out_dir:
 
     status = 0
     integer = None
-    if args.qat_fuse or (args.fuse and network.quantized) or "onnx-int" in args.export:
+    if args.qat_fuse or (args.fuse and network.quantized) or "onnx-int" in args.export or "c" in args.export:
         options = qatrun.FuseOptions(
             flavour=args.fuse_flavour, rescaling=args.act_rescaling_mode, weights_rounding=args.wt_round_mode,
             biases_rounding=args.b_round_mode, clips_rounding=args.c_round_mode,
@@ -284,9 +369,13 @@ def _fuse_and_export(args: argparse.Namespace, network: Any, data: Any, out_dir:
         if args.test:
             _say_lines(say, qatrun.train.test(folded, data.loader("Test", False)).test_lines())
     stem = Path(args.ini).stem
-    names = {"onnx": f"{stem}.onnx", "onnx-qdq": f"{stem}-qdq.onnx", "onnx-int": f"{stem}-int.onnx"}
+    names = {"onnx": f"{stem}.onnx", "onnx-qdq": f"{stem}-qdq.onnx", "onnx-int": f"{stem}-int.onnx",
+             "c": f"{stem}-c"}
     for kind in dict.fromkeys(args.export):
-        report = network.export(kind, out_dir / names[kind], data, integer)
+        if kind == "c":  # the C export, proven on the first -db-export Test images (qatrun.export.c)
+            report = integer.export_c(out_dir / names[kind], data, None if args.db_export < 0 else args.db_export)
+        else:
+            report = network.export(kind, out_dir / names[kind], data, integer)
         say(report.summary())
         if not report.ok:
             print(f"error: {names[kind]} does not compute what qatrun computes (see above)", file=sys.stderr)

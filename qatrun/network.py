@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, fx, nn
 
-from qatrun import data, export, fuse, ini, net, quant, train
+from qatrun import calib, data, export, fuse, ini, net, quant, train
 from qatrun.errors import ConfigError, DataError, RunError
+from qatrun.export.c import CExportReport, export_c
 from qatrun.options import EXPORT_KINDS
 
 PathLike = str | os.PathLike[str]
@@ -108,7 +109,8 @@ def load(
     try:  # from the data files' headers: solver schedules (QActSolver.* too) often refer to [sp]_EpochSize
         spec.inject_epoch_size()
     except DataError as err:
-        missing_data = err  # the summary needs no data, unless a value refers to the epoch size
+        missing_data = err  # the summary needs no data: a placeholder, and what reads it is listed
+        spec.inject_unknown_epoch_size(err)
     try:
         plans = quant_plans(doc, gm)
         gm = quant.prepare(gm, plans, act_names=activation_names(gm), kernels=chosen)
@@ -141,6 +143,7 @@ class Network:
         solvers: every learnable tensor with its INI solver.
         seed: the run's seed.
         kernels: the quantizers' training-step kernels.
+        calibration: what :meth:`calibrate` found, once it has run.
     """
 
     path: Path
@@ -151,13 +154,14 @@ class Network:
     solvers: list[train.SolverTriple] = field(default_factory=list)
     seed: int = 1
     kernels: quant.Kernels = field(default_factory=lambda: quant.select_kernels("eager"))
+    calibration: calib.Calibration | None = None
 
     # -------------------------------------------------------------------------------- description
 
     @property
     def quantized(self) -> bool:
-        """Whether the INI quantizes any layer (``QWeight=`` / ``QAct=``)."""
-        return bool(self.plans)
+        """Whether the INI quantizes any layer (``QWeight=`` / ``QAct=``), or calibration quantized it."""
+        return bool(self.plans) or (self.calibration is not None and self.calibration.kind == "ptq")
 
     @property
     def target(self) -> net.Target:
@@ -187,8 +191,15 @@ class Network:
             raise RunError(f"{asking} a quantized network (QWeight= / QAct= in the INI){hint}")
 
     def summary(self) -> str:
-        """One row per layer (type, inputs, output shape, parameters, MACs, quantizers), then the totals."""
-        return _format_summary(self.gm)
+        """One row per layer (type, inputs, output shape, parameters, MACs, quantizers), then the totals,
+        and what calibration set, once it has run."""
+        text = _format_summary(self.gm)
+        if self.calibration is not None:
+            what = "quantized by" if self.calibration.kind == "ptq" else "activation quantizers started from"
+            text += (f"\n\nCalibration ({what} {self.calibration.stimuli} stimuli of "
+                     f"{self.calibration.partition}; {self.calibration.settings()}):\n"
+                     + self.calibration.table())
+        return text + self.spec.data_note()
 
     def to(self, device: torch.device | str) -> Network:
         """Moves the network to ``device``; returns itself."""
@@ -198,8 +209,11 @@ class Network:
     def write_record(self, out_dir: PathLike = ".", command: str | None = None) -> Path:
         """Writes ``seed.dat`` and ``<ini>.resolved`` (the INI with every value resolved and its origin,
         the seed, the package versions, the kernels) into ``out_dir``; returns the record's path."""
+        settings = {"kernels": self.kernels.describe()}
+        if self.calibration is not None:
+            settings["calibration"] = self.calibration.describe()
         return train.write_run_record(Path(out_dir), self.path.name, self.doc.dump_resolved(), self.seed,
-                                      {"kernels": self.kernels.describe()}, command)
+                                      settings, command)
 
     # -------------------------------------------------------------------------------- data and weights
 
@@ -288,6 +302,9 @@ class Network:
         Raises:
             Interrupted: a signal arrived; the full state is in ``<out_dir>/net_state``.
         """
+        self.spec.check_learnable()
+        if train.rank() == 0:
+            data_.write_statistics(out_dir)  # the StimuliData files N2D2 writes (meanData.bin ...), if asked for
         target = self.target
         batch_size = self.spec.batch_size
         cfg = train.LearnConfig(
@@ -307,6 +324,67 @@ class Network:
     def test(self, data_: data.Provider, partition: str = "Test") -> train.Metrics:
         """The network's scores on a partition (``-test``): recognition rate, confusion matrix, metrics."""
         return train.test(self.gm, data_.loader(partition, False))
+
+    # -------------------------------------------------------------------------------- calibration
+
+    def calibrate(
+        self,
+        data_: data.Provider,
+        stimuli: int = -1,
+        options: calib.CalibOptions | None = None,
+        *,
+        reload: PathLike | None = None,
+        out_dir: PathLike | None = ".",
+        say: Callable[[str], None] = print,
+    ) -> calib.Calibration:
+        """N2D2's ``-calib``: a float network becomes a quantized one (post-training quantization), or a
+        quantized network's activation quantizers start from the data (before :meth:`learn`).
+
+        Args:
+            data_: the data; the stimuli are the first of the Validation partition, else of the Test
+                partition (said through ``say``: the test rate is then optimistic).
+            stimuli: how many (-1: the whole partition).
+            options: bits and clipping modes (default: N2D2's, 8 bits, MSE).
+            reload: a calibration folder to reuse instead of reading stimuli (``-calib-reload``); its
+                histograms are used, the thresholds chosen again with ``options``.
+            out_dir: where ``calibration/`` is written (None: not written).
+            say: console output.
+
+        Returns:
+            The calibration (``.table()``; also :attr:`calibration`).
+
+        Raises:
+            RunError: a network already calibrated, an empty partition, a reload of other weights.
+        """
+        if self.calibration is not None:
+            raise RunError("the network is calibrated already")
+        options = options or calib.CalibOptions()
+        partition = "Validation" if data_.size("Validation") > 0 else "Test"
+        reloaded = calib.load(Path(reload)) if reload is not None else None
+        if reloaded is None and partition == "Test":
+            say("Notice: no Validation partition: calibrating on the Test partition, so the test rate that "
+                "follows is measured on the calibration data")
+        available = data_.size(partition)
+        count = available if stimuli < 0 else min(stimuli, available)
+        device = next((p.device for p in self.gm.parameters()), torch.device("cpu"))
+
+        def batches() -> Iterable[Tensor]:
+            left = count
+            for x, _ in data_.loader(partition, False):
+                if left <= 0:
+                    break
+                yield x[:left].to(device)
+                left -= x.shape[0]
+
+        if self.plans:
+            result = calib.initialize(self.gm, batches, options, reloaded)
+        else:
+            result = calib.calibrate_float(self.gm, batches, options, self.kernels, reloaded)
+        result.partition = result.partition or partition
+        self.calibration = result
+        if out_dir is not None:
+            calib.save(result, Path(out_dir) / calib.FOLDER)
+        return result
 
     # -------------------------------------------------------------------------------- integer network
 
@@ -344,6 +422,9 @@ class Network:
             raise RunError(f"unknown export kind {kind!r}; expected one of {', '.join(EXPORT_KINDS)}")
         if kind == "onnx-int":
             return (integer or self.fuse()).export(path, data_)
+        if kind == "c":  # a folder of C99 sources, proven on the Test images (IntegerNetwork.export_c)
+            self.require_quantized("-export c needs")
+            return (integer or self.fuse()).export_c(path, data_)  # type: ignore[return-value]
         if kind == "onnx-qdq":
             self.require_quantized("-export onnx-qdq needs", integer_form=False)
         self.gm.eval()
@@ -424,6 +505,35 @@ class IntegerNetwork:
             input_kind: the file's input: ``float`` (x in [0, 1]) or ``uint8`` (the pixels).
         """
         return export.export("onnx-int", self.source, self.module, Path(path), sample_batch(data_), input_kind)
+
+    def export_c(self, folder: PathLike, data_: data.Provider | Tensor, count: int | None = None,
+                 targets: tuple[str, ...] = ("host", "arm")) -> CExportReport:
+        """Writes the integer network as C99 for microcontrollers (``-export c``) and proves it: compiled with
+        ``cc`` (and for a 32-bit ARM under qemu-arm, where installed), run on the test images, every output
+        compared with this network's (:mod:`qatrun.export.c`).
+
+        Args:
+            folder: the export folder.
+            data_: the data (its Test partition, else Learn) or an input batch.
+            count: the first ``count`` Test images (``-db-export N``; default: all of them).
+            targets: ``host`` and/or ``arm``; empty: write only.
+
+        Returns:
+            The report (``report.ok``; ``report.summary()``: ROM, RAM, the proof per target).
+        """
+        if isinstance(data_, Tensor):
+            images, labels = (data_ if count is None else data_[:count]), None
+        else:
+            partition = "Test" if data_.size("Test") else "Learn"
+            batches, total = [], 0
+            for x, y in data_.loader(partition, False):
+                batches.append((x, y))
+                total += x.shape[0]
+                if count is not None and total >= count:
+                    break
+            images = torch.cat([x for x, _ in batches])[:count]
+            labels = torch.cat([torch.as_tensor(y) for _, y in batches])[:count]
+        return export_c(self.module, folder, images, labels, targets=targets, title=Path(folder).name)
 
 
 def integerize(gm: fx.GraphModule, options: fuse.FuseOptions | None = None) -> IntegerNetwork:

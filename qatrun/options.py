@@ -16,8 +16,9 @@ ROUND_MODES = ("NONE", "RINTF")
 FUSE_FLAVOURS = ("exact", "n2d2")
 """``-fuse-flavour``: exact (the integer network computes what was trained) or N2D2's own conversion."""
 
-EXPORT_KINDS = ("onnx", "onnx-qdq", "onnx-int")
-"""``-export``: the float network, the fake-quantized network as QDQ, the integer-only network."""
+EXPORT_KINDS = ("onnx", "onnx-qdq", "onnx-int", "c")
+"""``-export``: the float network, the fake-quantized network as QDQ, the integer-only network, and that
+network as C99 for microcontrollers (:mod:`qatrun.export.c`)."""
 
 METRICS = (
     "Sensitivity", "Specificity", "Precision", "NegativePredictiveValue", "MissRate", "FallOut",
@@ -25,5 +26,19 @@ METRICS = (
 )
 """``-valid-metric``: the per-class scores of N2D2's confusion matrix (:mod:`qatrun.train.metrics`)."""
 
+CLIPPING_MODES = ("None", "MSE", "KL-Divergence", "Quantile")
+"""``-act-clipping-mode``: how calibration clips an activation (:mod:`qatrun.calib.histogram`)."""
+
+WEIGHT_CLIPPING_MODES = ("None", "MSE", "KL-Divergence")
+"""``-wt-clipping-mode``: how calibration clips a layer's weights."""
+
 KERNEL_MODES = ("auto", "compiled", "eager")
 """``-kernels`` / ``QATRUN_KERNELS``: the quantizers' training-step kernels (:mod:`qatrun.quant.kernels`)."""
+
+OUT_OF_SCOPE_OPTIONS = {
+    "-learn-stdp": "N2D2's STDP learning of spiking networks",
+    "-present-time": "a setting of N2D2's spiking simulation",
+    "-ts": "a setting of N2D2's spiking simulation",
+}
+"""N2D2 options for what qatrun does not do: refused by name, saying why (qatrun trains rate-based
+classifiers)."""

@@ -43,10 +43,11 @@ ALLOWED: dict[str, set[str]] = {
     "train": _BASE | {"ini", "net", "quant"},
     "fuse": _BASE | {"ini", "quant", "net"},
     "export": _BASE | {"ini", "fuse", "quant", "net"},
-    "network": _BASE | {"ini", "data", "net", "quant", "train", "fuse", "export"},
+    "calib": _BASE | {"ini", "quant", "net", "fuse"},
+    "network": _BASE | {"ini", "data", "net", "quant", "train", "fuse", "export", "calib"},
     "cli": _BASE,
     "__main__": {"cli"},
-    "__init__": _BASE | {"ini", "data", "net", "quant", "train", "fuse", "export", "network"},
+    "__init__": _BASE | {"ini", "data", "net", "quant", "train", "fuse", "export", "calib", "network"},
 }
 STDLIB_ONLY = {"errors", "options", "files", "ini"}
 THIRD_PARTY_SEEN = {"torch", "numpy", "onnx", "onnxruntime", "onnx2torch", "tqdm", "matplotlib"}
