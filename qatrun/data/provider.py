@@ -322,14 +322,19 @@ class DataSpec:
     def _check_static_shapes(self) -> None:
         """With a database of known image size, checks every partition's output shape now."""
         shape = getattr(self.database, "raw_shape", None)
+        if shape is None:
+            return
         provisional = {value.section for value in self.document.provisional()}
-        if shape is None or any(stage.section.name in provisional for stage in self.stages):
-            return  # unknown size, or sizes that depend on StimuliData statistics: checked when opened
         for partition in PARTITIONS:
-            static, dynamic = self.chain(partition)
+            stages = [s for kind in ("static", "on_the_fly") for s in self.stages
+                      if s.kind == kind and applies_to(s.apply_to, partition)]
             current: Shape | None = shape
-            for t in static + dynamic:
-                current = t.output_shape(current) if current is not None else None
+            for stage in stages:
+                assert stage.transform is not None
+                changed = stage.transform.output_shape(current) if current is not None else None
+                if stage.section.name in provisional and changed != current:
+                    changed = None  # a size from StimuliData statistics: checked when the data are opened
+                current = changed
             if current is not None and tuple(current) != self.input_shape:
                 raise self.shape_error(partition, current)
 
