@@ -5,6 +5,7 @@ the integer modes; 32-bit ARM under qemu and the Cortex-M4 size where the tools 
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import struct
@@ -30,6 +31,91 @@ needs_cc = pytest.mark.skipif(HOST.missing() is not None, reason=str(HOST.missin
 needs_arm = pytest.mark.skipif(ARM.missing() is not None, reason=f"{ARM.missing()}")
 
 
+# Depthwise and pointwise convolutions (MobileNet's block), strided and padded, global average pooling.
+DEPTHWISE = """
+[env]
+SizeX=12
+SizeY=12
+NbChannels=3
+BatchSize=8
+
+[Conv_def]
+Type=Conv
+KernelDims=3 3
+Padding=1
+ActivationFunction=Linear
+QWeight=SAT
+QWeight.Range=15
+ConfigSection=common.config
+
+[common.config]
+NoBias=1
+
+[Bn_def]
+Type=BatchNorm
+ActivationFunction=Linear
+QAct=SAT
+QAct.Alpha=4.0
+QAct.Range=15
+
+[conv1] Conv_def
+Input=env
+NbOutputs=8
+QWeight.Range=255
+
+[bn1] Bn_def
+Input=conv1
+NbOutputs=8
+
+[dw] Conv_def
+Input=bn1
+NbOutputs=8
+Stride=2
+Mapping.ChannelsPerGroup=1
+
+[dw_bn] Bn_def
+Input=dw
+NbOutputs=8
+
+[pw] Conv_def
+Input=dw_bn
+KernelDims=1 1
+Padding=0
+NbOutputs=12
+
+[pw_bn] Bn_def
+Input=pw
+NbOutputs=12
+
+[pool]
+Input=pw_bn
+Type=Pool
+Pooling=Average
+PoolDims=6 6
+NbOutputs=12
+Mapping.ChannelsPerGroup=1
+
+[fc]
+Input=pool
+Type=Fc
+NbOutputs=10
+ActivationFunction=Linear
+QWeight=SAT
+QWeight.Range=255
+QWeight.ApplyScaling=1
+
+[softmax]
+Input=fc
+Type=Softmax
+NbOutputs=10
+WithLoss=1
+
+[softmax.Target]
+"""
+nets.TEXTS.setdefault("depthwise", DEPTHWISE)
+nets.SHAPES.setdefault("depthwise", (3, 12, 12))
+
+
 def integer(kind: str, mode: str) -> torch.fx.GraphModule:
     return nets.integer_network(kind, FuseOptions(rescaling=mode))
 
@@ -40,7 +126,8 @@ def predicted(int_gm: torch.fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
 
 @needs_cc
 @pytest.mark.parametrize(("kind", "mode"), [("lenet", "Floating-point"), ("residual", "Fixed-point16"),
-                                            ("lsq", "Double-shift"), ("minmax", "Single-shift")])
+                                            ("lsq", "Double-shift"), ("minmax", "Single-shift"),
+                                            ("depthwise", "Floating-point32")])
 def test_compiled_export_equals_the_integer_network(kind: str, mode: str, tmp_path: Path) -> None:
     int_gm = integer(kind, mode)
     x = nets.images(nets.SHAPES[kind], 24, seed=21)
@@ -54,6 +141,19 @@ def test_compiled_export_equals_the_integer_network(kind: str, mode: str, tmp_pa
         assert (tmp_path / "c" / name).is_file(), name
     assert report.rom["total"] == report.rom["weights"] + report.rom["biases"] + report.rom["rescale"]
     assert report.ram["arena"] < report.ram["activations_float32"]
+
+
+@needs_cc
+def test_unconnected_kernels_are_skipped(tmp_path: Path) -> None:
+    """conv2 with two all-zero kernels (a partial Mapping): stored and computed without them, still exact."""
+    int_gm = copy.deepcopy(integer("lenet", "Fixed-point32"))
+    with torch.no_grad():
+        int_gm.conv2.weight[1, 2] = 0
+        int_gm.conv2.weight[3, 0] = 0
+    x = nets.images(nets.SHAPES["lenet"], 16, seed=29)
+    report = export_c(int_gm, tmp_path / "c", x, targets=("host",), m4=False)
+    assert report.ok and report.checks[0].ran, report.summary()
+    assert "conv2_conn" in (tmp_path / "c" / "qatrun_network.c").read_text()
 
 
 @needs_cc

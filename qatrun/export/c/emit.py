@@ -87,7 +87,6 @@ class Emitter:
         """The C expression of the step's rescale of ``acc`` for channel ``ch`` (a value of the output type)."""
         p: Requant = step.requant  # type: ignore[assignment]
         out = step.output.ctype
-        chans = p.scale.numel()
         if p.clip is not None and p.integer:
             clip = np.floor(p.clip.double().numpy() + 0.5).astype(np.int64)  # round half away: clip >= 0
             c = self._const(step, "rescale", _int_type(clip), "clip", clip)
@@ -125,7 +124,6 @@ class Emitter:
         s = self._const(step, "rescale", "double", "scale", p.scale.double().numpy())
         o = self._const(step, "rescale", "double", "offset", p.offset.double().numpy())
         even = 1 if p.rounding == "half_even" else 0
-        del chans
         return f"({out})qatrun_round_f64((double){acc} * {s}[{ch}] + {o}[{ch}], {p.lo}, {p.hi}, {even})"
 
     # ------------------------------------------------------------------------------------- weights
@@ -134,7 +132,6 @@ class Emitter:
         """Declares the packed weights; returns (the unpacking statements for channel ``o`` into ``w``, decls)."""
         pk = step.packed
         assert pk is not None
-        name = cname(step.name)
         if pk.bits == 16:
             data = self._const(step, "weights", "int16_t", "w", pk.data)
         else:
@@ -155,7 +152,8 @@ class Emitter:
             lines.append(f"for (i = 0; i < {cpg}; ++i) {{")
             lines.append(f"    if ({conn}[o * {cpg} + i]) {{")
             if pk.bits == 16:
-                lines.append(f"        for (k = 0; k < {kernel}; ++k) w[i * {kernel} + k] = {data}[cursor + (uint32_t)k];")
+                lines.append(f"        for (k = 0; k < {kernel}; ++k) w[i * {kernel} + k] = "
+                             f"{data}[cursor + (uint32_t)k];")
                 lines.append(f"        cursor += {kernel}u;")
             else:
                 lines.append(f"        qatrun_unpack({data}, cursor, {kernel}, {pk.bits}, {pk.base}, {pk.step}, "
@@ -168,7 +166,6 @@ class Emitter:
         decls = "int16_t w[%d];" % pk.fan_in
         if pk.connected is not None:
             decls += "\n    int32_t k;\n    uint32_t cursor;"
-        del name
         return "\n        ".join(lines), decls
 
     def bias(self, step: Step) -> str:
@@ -404,7 +401,8 @@ class Emitter:
                 value = f"(double)((int32_t)x{i}[e] - {z})" if z else f"(double)x{i}[e]"
                 terms.append(f"{mm}[c] * {value}")
             else:
-                mm = self._const(step, "rescale", _int_type(mults[i].astype(np.int64)), f"m{i}", mults[i].astype(np.int64))
+                integral = mults[i].astype(np.int64)
+                mm = self._const(step, "rescale", _int_type(integral), f"m{i}", integral)
                 value = f"(({acc})x{i}[e] - {z})" if z else f"({acc})x{i}[e]"
                 terms.append(f"({acc}){mm}[c] * {value}")
         total = " + ".join(terms) if acc != "double" else _ordered_sum(terms)
@@ -429,14 +427,11 @@ class Emitter:
         c, h, w = x.shape
         _, oh, ow = y.shape
         zero = m.input_zero if average else 0
-        if average:
+        if average:  # the window sum of q - z (IntAvgPool2d's exact flavour); padding adds real zeros
             init, combine = f"{y.ctype} best = 0;", f"best = ({y.ctype})(best + ((int32_t)v - {zero}));"
-            seen = ""
-        else:
+        else:  # the largest level of the window's valid positions (max-pooling pads with -infinity)
             init, combine = f"{y.ctype} best = 0;\n                int32_t seen = 0;", \
                 "if (!seen || v > best) best = v;\n                        seen = 1;"
-            seen = ""
-        del seen
         return f"""static void {self.fname(step)}(const {x.ctype} *x, {y.ctype} *y)
 {{
     int32_t ch, oy, ox, ky, kx;

@@ -429,7 +429,8 @@ class Lowerer:
             return None
         pool_node, pool = found
         pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-        k, s, p, d = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size), pair(pool.padding), pair(pool.dilation)
+        k, s = pair(pool.kernel_size), pair(pool.stride or pool.kernel_size)
+        p, d = pair(pool.padding), pair(pool.dilation)
         if k[0] != k[1] or k != s or any(p) or d != (1, 1) or pool.ceil_mode:
             return None
         return pool_node, int(k[0])
