@@ -1,5 +1,6 @@
 """N2D2 classification types qatrun adds for N2D2's model files: Caltech101/256_DIR_Database,
-EqualizeTransformation, RandomAffineTransformation; and the label transformations it refuses."""
+EqualizeTransformation (equalizeHist and CLAHE, each against OpenCV's algorithm), RandomAffineTransformation;
+and the label transformations it refuses."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 
 from qatrun.data import DataSpec
-from qatrun.data.transforms import RandomAffine, equalize_hist
+from qatrun.data.transforms import RandomAffine, clahe, equalize_hist
 from qatrun.errors import ConfigError, DataError
 from tests.data.helpers import doc, mnist_folder, scaled
 
@@ -69,13 +70,99 @@ def test_equalize_is_opencvs_equalize_hist(tmp_path: Path) -> None:
     assert torch.equal(equalize_hist(flat), flat)  # one value: kept
 
 
-def test_equalize_clahe_is_refused() -> None:
-    base = ("[database]\nType=MNIST_IDX_Database\n[sp]\nSizeX=28\nSizeY=28\n"
-            "[sp.Transformation]\nType=EqualizeTransformation\n")
+# A 9 x 11 image and OpenCV 4.14's createCLAHE(clip, (grid, grid)).apply of it (recorded with cv2).
+CLAHE_IMAGE = [
+    [139, 74, 229, 241, 169, 65, 6, 160, 149, 106, 38], [175, 188, 205, 175, 229, 98, 249, 10, 148, 95, 86],
+    [147, 198, 66, 39, 106, 213, 171, 45, 167, 57, 69], [81, 55, 14, 153, 178, 215, 76, 52, 39, 250, 72],
+    [215, 50, 161, 223, 112, 172, 161, 233, 38, 17, 89], [1, 221, 6, 242, 127, 143, 6, 60, 210, 94, 25],
+    [166, 33, 249, 189, 12, 204, 33, 57, 124, 30, 199], [149, 202, 119, 72, 220, 3, 209, 122, 136, 147, 77],
+    [133, 82, 115, 87, 162, 230, 70, 71, 240, 62, 47],
+]
+OPENCV_CLAHE = {
+    (1.0, 3): [
+        [128, 96, 239, 251, 159, 76, 16, 159, 168, 151, 32], [175, 191, 223, 175, 239, 112, 255, 28, 160, 131, 128],
+        [143, 207, 80, 44, 120, 211, 175, 48, 183, 64, 96], [104, 64, 32, 144, 179, 221, 96, 62, 48, 255, 108],
+        [207, 56, 144, 225, 108, 175, 159, 247, 52, 28, 128], [16, 211, 28, 245, 120, 139, 28, 85, 233, 128, 40],
+        [143, 48, 255, 167, 40, 199, 64, 80, 144, 60, 239], [124, 183, 104, 83, 217, 16, 223, 134, 167, 193, 112],
+        [120, 80, 96, 94, 163, 241, 104, 108, 255, 84, 72],
+    ],
+    (40.0, 2): [
+        [102, 60, 246, 255, 149, 59, 4, 170, 174, 170, 51], [162, 178, 196, 162, 242, 102, 246, 11, 167, 153, 128],
+        [110, 187, 51, 17, 99, 210, 178, 51, 198, 94, 102], [68, 36, 11, 122, 178, 221, 89, 59, 52, 255, 109],
+        [216, 34, 136, 230, 103, 174, 171, 238, 44, 26, 131], [4, 226, 17, 250, 116, 137, 12, 68, 228, 136, 26],
+        [157, 38, 255, 178, 26, 206, 39, 62, 155, 34, 221], [149, 195, 108, 66, 225, 16, 220, 139, 168, 208, 119],
+        [128, 76, 94, 85, 170, 241, 72, 85, 252, 85, 51],
+    ],
+}
+
+
+def clahe_reference(image: np.ndarray, clip: float, grid: int) -> np.ndarray:
+    """OpenCV's clahe.cpp, pixel by pixel in numpy float32 (the scalar code path)."""
+    h, w = image.shape
+    ext = image
+    if h % grid or w % grid:
+        ext = np.pad(image, ((0, grid - h % grid), (0, grid - w % grid)), mode="reflect")  # REFLECT_101
+    th, tw = ext.shape[0] // grid, ext.shape[1] // grid
+    area = th * tw
+    limit = max(int(clip * area / 256), 1) if clip > 0 else 0
+    luts = np.zeros((grid, grid, 256), np.float32)
+    for ty in range(grid):
+        for tx in range(grid):
+            hist = np.bincount(ext[ty * th:(ty + 1) * th, tx * tw:(tx + 1) * tw].ravel(), minlength=256)
+            if limit:
+                clipped = int(np.maximum(hist - limit, 0).sum())
+                hist = np.minimum(hist, limit) + clipped // 256
+                residual, i = clipped % 256, 0
+                step = max(256 // residual, 1) if residual else 1
+                while i < 256 and residual > 0:
+                    hist[i] += 1
+                    i, residual = i + step, residual - 1
+            scale = np.float32(255.0) / np.float32(area)
+            luts[ty, tx] = np.clip(np.rint(np.cumsum(hist).astype(np.float32) * scale), 0, 255)
+    out = np.zeros_like(image)
+    for y in range(h):
+        fy = np.float32(y) * (np.float32(1.0) / np.float32(th)) - np.float32(0.5)
+        y1 = int(np.floor(fy))
+        ya = np.float32(fy - np.float32(y1))
+        y1, y2 = max(y1, 0), min(y1 + 1, grid - 1)
+        for x in range(w):
+            fx = np.float32(x) * (np.float32(1.0) / np.float32(tw)) - np.float32(0.5)
+            x1 = int(np.floor(fx))
+            xa = np.float32(fx - np.float32(x1))
+            x1, x2 = max(x1, 0), min(x1 + 1, grid - 1)
+            v = image[y, x]
+            top = luts[y1, x1, v] * (np.float32(1) - xa) + luts[y1, x2, v] * xa
+            bottom = luts[y2, x1, v] * (np.float32(1) - xa) + luts[y2, x2, v] * xa
+            out[y, x] = np.clip(np.rint(top * (np.float32(1) - ya) + bottom * ya), 0, 255)
+    return out
+
+
+@pytest.mark.parametrize(("clip", "grid"), sorted(OPENCV_CLAHE))
+def test_clahe_is_opencvs(clip: float, grid: int) -> None:
+    image = torch.tensor(CLAHE_IMAGE, dtype=torch.uint8)[None, None]
+    assert clahe(image, clip, grid)[0, 0].tolist() == OPENCV_CLAHE[(clip, grid)]
+
+
+@pytest.mark.parametrize(("shape", "clip", "grid"), [((16, 16), 2.0, 4), ((21, 13), 3.0, 8), ((30, 24), 0.0, 3),
+                                                     ((5, 40), 40.0, 8)])
+def test_clahe_against_the_plain_reference(shape: tuple[int, int], clip: float, grid: int) -> None:
+    image = np.random.default_rng(sum(shape)).normal(110, 30, shape).clip(0, 255).astype(np.uint8)
+    assert np.array_equal(clahe(torch.from_numpy(image)[None, None], clip, grid)[0, 0].numpy(),
+                          clahe_reference(image, clip, grid))
+
+
+def test_equalize_clahe_keys(tmp_path: Path) -> None:
+    mnist_folder(tmp_path, 4, 2, gz=False)
+    text = (f"[database]\nType=MNIST_IDX_Database\nDataPath={tmp_path}\n[sp]\nSizeX=28\nSizeY=28\n"
+            "[sp.Transformation]\nType=EqualizeTransformation\nMethod=CLAHE\nCLAHE_ClipLimit=2.0\nCLAHE_GridSize=4\n")
+    provider = DataSpec.from_doc(doc(text)).open(0)
+    x = torch.cat([x for x, _ in provider.loader("Test", shuffle=False)])
+    raw = torch.from_numpy(mnist_folder(tmp_path / "again", 4, 2, gz=False)[2])[:, None]
+    assert torch.equal(x, scaled(clahe(raw, 2.0, 4)))
     with pytest.raises(ConfigError) as info:
-        DataSpec.from_doc(doc(base + "Method=CLAHE\n"))
-    assert str(info.value) == ("t.ini:8: [sp.Transformation] Method: CLAHE is not implemented by qatrun (Standard is: "
-                               "OpenCV's equalizeHist)")
+        DataSpec.from_doc(doc(text.replace("CLAHE_GridSize=4", "CLAHE_GridSize=0")))
+    assert str(info.value) == ("t.ini:11: [sp.Transformation] CLAHE_GridSize: expected a positive number of tiles, "
+                               "found 0")
 
 
 def test_random_affine_with_fixed_draws_against_the_formula() -> None:
