@@ -144,6 +144,18 @@ def test_compiled_export_equals_the_integer_network(kind: str, mode: str, tmp_pa
 
 
 @needs_cc
+def test_n2d2_flavour_with_rounded_weights(tmp_path: Path) -> None:
+    """N2D2's fusion (RINTF weights, biases, clips): its clipped float32 rescale, in C, equal; unrounded
+    weights have no C form (one-line error)."""
+    rounded = FuseOptions(flavour="n2d2", weights_rounding="RINTF", biases_rounding="RINTF", clips_rounding="RINTF")
+    x = nets.images(nets.SHAPES["lenet"], 16, seed=30)
+    report = export_c(nets.integer_network("lenet", rounded), tmp_path / "c", x, targets=("host",), m4=False)
+    assert report.ok and report.checks[0].ran, report.summary()
+    with pytest.raises(RunError, match="conv1: its weights are not integers"):
+        export_c(nets.integer_network("lenet", FuseOptions(flavour="n2d2")), tmp_path / "d", x, targets=())
+
+
+@needs_cc
 def test_unconnected_kernels_are_skipped(tmp_path: Path) -> None:
     """conv2 with two all-zero kernels (a partial Mapping): stored and computed without them, still exact."""
     int_gm = copy.deepcopy(integer("lenet", "Fixed-point32"))

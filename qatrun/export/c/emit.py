@@ -121,9 +121,14 @@ class Emitter:
             if step.acc_type == "int32_t" and mt == "int32_t" and p.clip is None:
                 return f"({out})qatrun_rescale_int32({acc}, {m}[{ch}], {o}[{ch}], {n}[{ch}], {p.lo}, {p.hi})"
             return f"({out})qatrun_rescale_int((int64_t){acc}, {m}[{ch}], {o}[{ch}], {n}[{ch}], {p.lo}, {p.hi})"
+        even = 1 if p.rounding == "half_even" else 0
+        if p.float32:  # N2D2's float32 rescale (the n2d2 flavour): float32 product and sum, then the rounding
+            s = self._const(step, "rescale", "float", "scale", p.scale.float().numpy())
+            o = self._const(step, "rescale", "float", "offset", p.offset.float().numpy())
+            v = f"(double)((float){acc} * {s}[{ch}] + {o}[{ch}])"
+            return f"({out})qatrun_round_f64({v}, {p.lo}, {p.hi}, {even})"
         s = self._const(step, "rescale", "double", "scale", p.scale.double().numpy())
         o = self._const(step, "rescale", "double", "offset", p.offset.double().numpy())
-        even = 1 if p.rounding == "half_even" else 0
         return f"({out})qatrun_round_f64((double){acc} * {s}[{ch}] + {o}[{ch}], {p.lo}, {p.hi}, {even})"
 
     # ------------------------------------------------------------------------------------- weights

@@ -368,8 +368,6 @@ class Lowerer:
             raise RunError(f"{name}: an accumulator must go to one Rescale alone in the C export")
         rescale_node, rescale = found
         p = rescale.params
-        if p.float32:
-            raise RunError(f"{name}: the n2d2 flavour's float32 rescale has no C form in this export")
         if isinstance(m, IntAdd):
             inputs = [self._levels(arg, name) for arg in node.args]
         else:
