@@ -973,7 +973,6 @@ OUT_OF_SCOPE_DATABASES: dict[str, str] = {
     "FDDB_Database": "face detection data",
     "GTSDB_DIR_Database": "traffic sign detection data",
     "Daimler_Database": "pedestrian detection data",
-    "Actitracker_Database": "accelerometer time series",
 }
 RATE_BASED = "qatrun trains rate-based classifiers"
 
