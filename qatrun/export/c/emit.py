@@ -183,6 +183,14 @@ class Emitter:
         cast = "int32_t" if acc != "int64_t" else "int64_t"
         return f"(({cast}){expr} - {zero})" if zero else f"({cast}){expr}"
 
+    def product_terms(self, x: CTensor, expr: str, zero: int, acc: str) -> tuple[str, str]:
+        """The input term and the weight type of ``acc += w * term``: both int16 where ``x - z`` fits it (a
+        16 x 16 -> 32-bit product, which the compiler vectorizes on any x86-64; it cannot overflow), else the
+        accumulator's type."""
+        if acc == "int32_t" and -(2**15) <= x.lo - zero and x.hi - zero < 2**15 and x.ctype != "int32_t":
+            return (f"(int16_t)((int32_t){expr} - {zero})" if zero else f"(int16_t){expr}"), "int16_t"
+        return self.centred(x, expr, zero, acc), acc
+
     def fc(self, step: Step, fan_in: int, outs: int) -> str:
         x, y = step.inputs[0], step.output
         m = step.module
@@ -259,7 +267,7 @@ class Emitter:
             decls += "\n    int32_t i;"
         b = self.bias(step)
         acc = step.acc_type
-        term = self.centred(x, "row[ox * %d + dx]" % g["SX"], m.input_zero, acc)
+        term, wtype = self.product_terms(x, "row[ox * %d + dx]" % g["SX"], m.input_zero, acc)
         rescale = self.rescale(step, "acc[ox]", "o")
         if g["PX"] == 0:  # no padding across: every column of the window is inside the row
             columns, lo, hi = "", "0", str(g["OW"])
@@ -312,7 +320,7 @@ class Emitter:
                     if (iy < 0 || iy >= {g['H']}) continue;
                     row = x + ((int32_t)(cbase + c) * {g['H']} + iy) * {g['W']};
                     for (kx = 0; kx < {g['KW']}; ++kx) {{
-                        const {acc} wv = w[(c * {g['KH']} + ky) * {g['KW']} + kx];
+                        const {wtype} wv = w[(c * {g['KH']} + ky) * {g['KW']} + kx];
                         const int32_t dx = kx * {g['DX']} - {g['PX']};
                         {columns}
                         for (ox = {lo}; ox < {hi}; ++ox) acc[ox] += wv * {term};
@@ -342,7 +350,7 @@ class Emitter:
             decls += "\n    int32_t i;"
         b = self.bias(step)
         acc = step.acc_type
-        term = self.centred(x, "src[kx + j]", m.input_zero, acc)
+        term, wtype = self.product_terms(x, "src[kx + j]", m.input_zero, acc)
         rescale = self.rescale(step, "acc[r * %d + ox]" % g["W"], "o")
         conn = ""
         if step.packed is not None and step.packed.connected is not None:
@@ -381,7 +389,7 @@ class Emitter:
                 for (ky = 0; ky < {g['KH']}; ++ky) {{
                     const {x.ctype} *src = x + ((int32_t)(cbase + c) * {g['H']} + oy0 + ky) * {g['W']};
                     for (kx = 0; kx < {g['KW']}; ++kx) {{
-                        const {acc} wv = w[(c * {g['KH']} + ky) * {g['KW']} + kx];
+                        const {wtype} wv = w[(c * {g['KH']} + ky) * {g['KW']} + kx];
                         for (j = 0; j < {length}; ++j) acc[j] += wv * {term};
                     }}
                 }}
