@@ -1,6 +1,6 @@
 """The C export: written, compiled with the system cc, run, and every output equal to the integer network's,
-on the SAT LeNet, the residual, LSQ and MinMax networks in integer and float rescaling modes; a changed
-constant is caught and named by layer; packing, the memory plan, the test-data file, no floating point in
+on the SAT LeNet, the residual, MinMax and depthwise networks in integer and float rescaling modes, N2D2's
+flavour, unconnected kernels; a changed constant is caught and named by layer; packing, the memory plan, the test-data file, no floating point in
 the integer modes; 32-bit ARM under qemu and the Cortex-M4 size where the tools exist; the command."""
 
 from __future__ import annotations
@@ -126,8 +126,7 @@ def predicted(int_gm: torch.fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
 
 @needs_cc
 @pytest.mark.parametrize(("kind", "mode"), [("lenet", "Floating-point"), ("residual", "Fixed-point16"),
-                                            ("lsq", "Double-shift"), ("minmax", "Single-shift"),
-                                            ("depthwise", "Floating-point32")])
+                                            ("minmax", "Double-shift"), ("depthwise", "Floating-point32")])
 def test_compiled_export_equals_the_integer_network(kind: str, mode: str, tmp_path: Path) -> None:
     int_gm = integer(kind, mode)
     x = nets.images(nets.SHAPES[kind], 24, seed=21)
@@ -158,7 +157,7 @@ def test_n2d2_flavour_with_rounded_weights(tmp_path: Path) -> None:
 @needs_cc
 def test_unconnected_kernels_are_skipped(tmp_path: Path) -> None:
     """conv2 with two all-zero kernels (a partial Mapping): stored and computed without them, still exact."""
-    int_gm = copy.deepcopy(integer("lenet", "Fixed-point32"))
+    int_gm = copy.deepcopy(integer("lenet", "Fixed-point16"))
     with torch.no_grad():
         int_gm.conv2.weight[1, 2] = 0
         int_gm.conv2.weight[3, 0] = 0
@@ -262,7 +261,7 @@ def test_no_c_form_is_a_one_line_error() -> None:
 @needs_cc
 @needs_arm
 def test_arm_under_qemu(tmp_path: Path) -> None:
-    int_gm = integer("lenet", "Single-shift")
+    int_gm = integer("lenet", "Fixed-point16")
     x = nets.images(nets.SHAPES["lenet"], 16, seed=26)
     report = export_c(int_gm, tmp_path / "c", x, targets=("host", "arm"), m4=False)
     host, arm = report.checks
