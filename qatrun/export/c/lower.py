@@ -119,14 +119,22 @@ class Packed:
 
 
 def pack_layer(w: np.ndarray, name: str) -> Packed:
-    """Packs integer weights (O, C/groups, kH, kW) or (O, I) (see the module note)."""
+    """Packs integer weights (O, C/groups, kH, kW) or (O, I) (see the module note): with a connection table
+    where the all-zero kernels exist and leaving them out takes fewer bytes, else densely."""
     w = w.astype(np.int64)
     if w.ndim == 2:
         w = w.reshape(*w.shape, 1, 1)
+    pair_used = np.abs(w).reshape(w.shape[0], w.shape[1], -1).sum(axis=2) > 0
+    dense = _pack(w, None, name)
+    if pair_used.all() or not pair_used.any():
+        return dense
+    sparse = _pack(w, pair_used, name)
+    return sparse if sparse.nbytes < dense.nbytes else dense
+
+
+def _pack(w: np.ndarray, connected: np.ndarray | None, name: str) -> Packed:
     out, cpg, kh, kw = w.shape
-    pair_used = np.abs(w).reshape(out, cpg, -1).sum(axis=2) > 0
-    connected = None if pair_used.all() or not pair_used.any() else pair_used
-    keep = w[pair_used] if connected is not None else w.reshape(out, cpg, kh, kw)
+    keep = w[connected] if connected is not None else w
     values = keep.reshape(-1)
     if int(np.abs(w).max(initial=0)) >= 2**15:
         raise RunError(f"{name}: weights beyond 16 bits have no C form here")
