@@ -140,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("-test", action="store_true", help="test (after learning, if learning)")
     c = p.add_argument_group("calibration (post-training quantization, or QAT's starting values)")
     c.add_argument("-calib", type=_integer(-1, MAX_STIMULI), default=0, metavar="N",
-                   help="calibrate on N stimuli of the Validation partition (else Test; -1 = all of it): a float "
-                        "network is quantized from them; a QAT network, before -learn*, starts its activation "
-                        "quantizers from them [0 = no calibration]")
+                   help="calibrate on the first N stimuli of the Validation partition (-1 = all of it): a float "
+                        "network is quantized from them (without Validation: from Test, as N2D2); a QAT network, "
+                        "before -learn*, starts its activation quantizers from them (without Validation: from "
+                        "Learn) [0 = no calibration]")
     c.add_argument("-calib-reload", action="store_true",
                    help="reuse the histograms of calibration/ instead of reading stimuli")
     c.add_argument("-nbbits", type=_integer(2, 8), default=8, metavar="N",

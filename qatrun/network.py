@@ -341,8 +341,9 @@ class Network:
         quantized network's activation quantizers start from the data (before :meth:`learn`).
 
         Args:
-            data_: the data; the stimuli are the first of the Validation partition, else of the Test
-                partition (said through ``say``: the test rate is then optimistic).
+            data_: the data; the stimuli are the first of the Validation partition, else (said through
+                ``say``) of the Test partition for post-training quantization, as N2D2 (the test rate is
+                then optimistic), and of the Learn partition for a QAT start (no test data touched).
             stimuli: how many (-1: the whole partition).
             options: bits and clipping modes (default: N2D2's, 8 bits, MSE).
             reload: a calibration folder to reuse instead of reading stimuli (``-calib-reload``); its
@@ -359,11 +360,15 @@ class Network:
         if self.calibration is not None:
             raise RunError("the network is calibrated already")
         options = options or calib.CalibOptions()
-        partition = "Validation" if data_.size("Validation") > 0 else "Test"
+        # A network about to learn calibrates on learning data rather than the test data N2D2 falls back to.
+        fallback = "Learn" if self.plans else "Test"
+        partition = "Validation" if data_.size("Validation") > 0 else fallback
         reloaded = calib.load(Path(reload)) if reload is not None else None
         if reloaded is None and partition == "Test":
             say("Notice: no Validation partition: calibrating on the Test partition, so the test rate that "
                 "follows is measured on the calibration data")
+        elif reloaded is None and partition == "Learn":
+            say("Notice: no Validation partition: the quantizers start from the first Learn stimuli")
         available = data_.size(partition)
         count = available if stimuli < 0 else min(stimuli, available)
         device = next((p.device for p in self.gm.parameters()), torch.device("cpu"))

@@ -66,7 +66,8 @@ def test_calib_before_qat_learning_sets_the_alphas(tmp_path: Path, mnist_small: 
     proc = run_qatrun([QAT, *data_args(mnist_small), "-seed", "1", "-calib", "64", "-learn", "128",
                        "-set", "$EPOCHS=1"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "Activation quantizers started from 64 stimuli of Test" in proc.stdout  # LeNet-QAT has no Validation
-    assert "Notice: no Validation partition" in proc.stdout + proc.stderr
+    # LeNet-QAT has no Validation partition: a QAT start reads learning data, never the test data
+    assert "Activation quantizers started from 64 stimuli of Learn" in proc.stdout
+    assert "Notice: no Validation partition: the quantizers start from the first Learn stimuli" in proc.stdout
     assert "alpha 6 -> alpha" in proc.stdout  # the INI's QAct.Alpha
-    assert "; calibration: qat on 64 stimuli of Test" in (tmp_path / "LeNet-QAT.ini.resolved").read_text()
+    assert "; calibration: qat on 64 stimuli of Learn" in (tmp_path / "LeNet-QAT.ini.resolved").read_text()
