@@ -6,8 +6,9 @@ with ``-w`` from the clamped weights), each phase ``-learn-epoch N -set '$EPOCHS
 MNIST shipped with qatrun:
 
 * ``recipe``: the recipe as it is, 8 + 12 epochs, activation quantizers from the INI's ``QAct.Alpha``;
-* ``calibrated``: the same recipe in fewer epochs (``--short``, default 4 + 6), each phase started with
-  ``-calib N`` (the quantizers' alphas from the first N Learn stimuli: LeNet-QAT has no Validation set);
+* ``calibrated``: the same recipe in fewer epochs (``--short``, default 4 + 6), the quantized phase started
+  with ``-calib N`` (its activation quantizers' alphas from the first N Learn stimuli: LeNet-QAT has no
+  Validation set; the clamp phase has no activation quantizer to start);
 * ``short``: the same short schedule without calibration, which tells what calibration itself buys.
 
 The rows of one seed run one after the other, so that the machine's load touches them alike.
@@ -57,7 +58,7 @@ def phase(ini: Path, folder: Path, epochs: int, seed: int, calib: int, weights: 
 
 def run(kind: str, epochs: tuple[int, int], seed: int, calib: int, work: Path) -> dict:
     folder = work / f"seed{seed}-{kind}"
-    p1 = phase(CLAMP, folder / "clamp", epochs[0], seed, calib, None)
+    p1 = phase(CLAMP, folder / "clamp", epochs[0], seed, 0, None)  # the clamp phase has no activation quantizer
     p2 = phase(QAT, folder / "quant", epochs[1], seed, calib, folder / "clamp" / "weights")
     row = {"kind": kind, "seed": seed, "epochs": f"{epochs[0]} + {epochs[1]}", "total_epochs": sum(epochs),
            "rate": p2["rate"], "wall_s": round(p1["wall_s"] + p2["wall_s"], 1), "phase1": p1, "phase2": p2}
