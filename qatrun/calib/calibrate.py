@@ -60,7 +60,7 @@ from qatrun.calib.histogram import (
     threshold,
 )
 from qatrun.errors import RunError
-from qatrun.fuse.fold import BATCHNORMS, FOLDABLE, TRANSPARENT, bn_factor, refuse_non_finite
+from qatrun.fuse.fold import BATCHNORMS, FOLDABLE, bn_factor, follow_to_bn, refuse_non_finite
 from qatrun.net.layers import ElemWise
 from qatrun.quant import (
     LSQActivationQuantizer,
@@ -435,18 +435,10 @@ def fold_batchnorm_in_place(gm: fx.GraphModule) -> list[tuple[str, str]]:
         layer = _module(gm, node)
         if not isinstance(layer, FOLDABLE):
             continue
-        current, bn_node = node, None
-        while len(current.users) == 1:
-            user = next(iter(current.users))
-            module = _module(gm, user)
-            if isinstance(module, BATCHNORMS):
-                bn_node = user
-                break
-            if not isinstance(module, TRANSPARENT):
-                break
-            current = user
-        if bn_node is None:
+        chain = follow_to_bn(gm, node)  # the same pattern as -fuse's folding
+        if chain is None:
             continue
+        bn_node = chain[1]
         bn = gm.get_submodule(str(bn_node.target))
         if bn.running_mean is None or bn.running_var is None:
             raise RunError(f"{bn_node.target}: cannot fold a BatchNorm without running statistics")

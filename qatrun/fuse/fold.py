@@ -148,7 +148,7 @@ def _module(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:
     return gm.get_submodule(node.target) if node.op == "call_module" else None  # type: ignore[arg-type]
 
 
-def _follow_to_bn(gm: fx.GraphModule, node: fx.Node) -> tuple[list[fx.Node], fx.Node] | None:
+def follow_to_bn(gm: fx.GraphModule, node: fx.Node) -> tuple[list[fx.Node], fx.Node] | None:
     """From a layer node, the transparent nodes then the BatchNorm node of a single-user chain, if any."""
     skipped: list[fx.Node] = []
     current = node
@@ -183,7 +183,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> tuple[fx.GraphModule, list[FoldedPair]
     for node in list(folded.graph.nodes):
         if not isinstance(_module(folded, node), FOLDABLE):
             continue
-        chain = _follow_to_bn(folded, node)
+        chain = follow_to_bn(folded, node)
         if chain is None:
             continue
         skipped, bn_node = chain
