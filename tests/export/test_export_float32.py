@@ -47,10 +47,12 @@ def qlinearconv(x: np.ndarray, w: np.ndarray, b: np.ndarray, m: np.ndarray, zero
 @pytest.mark.parametrize("optimize", [False, True])
 def test_qlinearconv_requantizes_as_the_mode(optimize: bool) -> None:
     """``clip(rint(float32(acc + B) * m) + z, 0, 255)``, acc the exact convolution: ties to even, negative
-    accumulators, and ``|acc + B| >= 2^24`` (the int32 -> float32 conversion rounds)."""
+    accumulators, and ``|acc + B| >= 2^24`` (the int32 -> float32 conversion rounds). The weights stay
+    within the export's slice bound, |w| <= 32767 // (2 * 255): on x86 without VNNI onnxruntime sums pairs
+    of uint8 x int8 products in saturating int16 (vpmaddubsw), so full-range weights differ there."""
     gen = np.random.default_rng(5)
     x = gen.integers(0, 256, (2, 7, 6, 6)).astype(np.uint8)
-    w = gen.integers(-128, 128, (24, 7, 3, 3)).astype(np.int8)
+    w = gen.integers(-64, 65, (24, 7, 3, 3)).astype(np.int8)
     m = np.where(np.arange(24) < 12, 2.0 ** -gen.integers(1, 9, 24), 2.0 ** -gen.integers(17, 24, 24) * 1.37)
     m = m.astype(np.float32)
     b = np.where(np.arange(24) < 12, gen.integers(-3000, 3000, 24), gen.integers(-2**30, 2**30, 24)).astype(np.int32)
