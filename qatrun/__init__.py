@@ -36,12 +36,12 @@ _API = {
     "CalibOptions": "qatrun.calib",
     "QatrunError": "qatrun.errors",
 }
-_PACKAGES = ("calib", "data", "export", "fuse", "ini", "net", "quant", "train", "options", "errors")
+_PACKAGES = ("calib", "data", "export", "fuse", "ini", "net", "quant", "recipe", "train", "options", "errors")
 
 __all__ = sorted([*_API, *_PACKAGES, "__version__"])
 
 if TYPE_CHECKING:
-    from qatrun import calib, data, errors, export, fuse, ini, net, options, quant, train
+    from qatrun import calib, data, errors, export, fuse, ini, net, options, quant, recipe, train
     from qatrun.calib import CalibOptions
     from qatrun.errors import QatrunError
     from qatrun.fuse import FuseOptions

@@ -34,6 +34,7 @@ from qatrun.options import (
     KERNEL_MODES,
     METRICS,
     OUT_OF_SCOPE_OPTIONS,
+    PHASES,
     RESCALING_MODES,
     ROUND_MODES,
     WEIGHT_CLIPPING_MODES,
@@ -93,6 +94,12 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _epoch_list(text: str) -> tuple[int, ...]:
+    """An argparse ``type``: comma-separated epochs, each from 1 to :data:`MAX_EPOCHS`."""
+    parse = _integer(1, MAX_EPOCHS)
+    return tuple(parse(word) for word in text.split(","))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="qatrun",
@@ -123,6 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quantizer training kernels: auto (native where they build), compiled (a build failure "
                         "is an error), eager [QATRUN_KERNELS, else auto]")
     g.add_argument("-debug", action="store_true", help="show a traceback on errors")
+    r = p.add_argument_group("recipes (configs/*.ini) and the whole QAT flow")
+    r.add_argument("-recipe", action="append", default=[], metavar="FILE",
+                   help="apply a recipe to the INI without editing it (repeatable, in order)")
+    r.add_argument("-recipe-phase", choices=PHASES, default=None, metavar="PHASE",
+                   help="the recipes' phase: " + ", ".join(PHASES) + " [quantize]")
+    r.add_argument("-qat-flow", action="store_true",
+                   help="every phase of the recipes in one run: (calibration,) clamp or float phase into "
+                        "weights_clamped/ or weights_float/, quantized phase into weights/, fusion with "
+                        "verification into weights_quantized/, and the -export files")
+    r.add_argument("-phase-epochs", type=_epoch_list, default=None, metavar="E1,E2",
+                   help="-qat-flow: the epochs of each phase [the recipe's Epochs=]")
     t = p.add_argument_group("learning")
     t.add_argument("-learn", type=_integer(0, MAX_STIMULI), default=0, metavar="N", help="learn on N stimuli")
     t.add_argument("-learn-epoch", type=_integer(0, MAX_EPOCHS), default=0, metavar="N",
@@ -230,11 +248,18 @@ def run(args: argparse.Namespace) -> int:
     """Runs what the command line asks for; returns the exit status (3: a check failed)."""
     import qatrun  # here, so that -h and -version answer without loading torch
 
+    if args.qat_flow:
+        return _run_flow(args)
+    if args.phase_epochs is not None:
+        raise RunError("-phase-epochs sets the phases of -qat-flow; a single run takes -learn-epoch")
+    if args.recipe_phase is not None and not args.recipe:
+        raise RunError("-recipe-phase chooses the phase of the -recipe files: give one")
+    phase = args.recipe_phase or "quantize"
     learning = bool(args.learn or args.learn_epoch)
     calibrating = bool(args.calib or args.calib_reload)
     acting = learning or calibrating or args.test or args.qat_fuse or args.fuse or args.export or args.test_onnx
     if not acting:
-        print(qatrun.load(args.ini, args.set, kernels=args.kernels).summary())
+        print(qatrun.load(args.ini, args.set, kernels=args.kernels, recipes=args.recipe, phase=phase).summary())
         return 0
     writes = bool(learning or calibrating or args.qat_fuse or args.fuse or args.export)  # else: nothing written
     out_dir = Path(".")
@@ -242,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
         # -l alone resumes with the seed the state was learnt with (its partitions and data order).
         seed = qatrun.resolve_seed(args.seed or (qatrun.train.state_seed(Path(args.l)) if args.l else 0),
                                    out_dir, learning)
-        network = qatrun.load(args.ini, args.set, seed=seed, kernels=args.kernels, device=session.device)
+        network = qatrun.load(args.ini, args.set, seed=seed, kernels=args.kernels, device=session.device,
+                              recipes=args.recipe, phase=phase)
         network.target  # noqa: B018 - one target, checked before any data is read
         _check_request(args, network, learning, calibrating)
         say = session.say
@@ -275,6 +301,115 @@ def run(args: argparse.Namespace) -> int:
         if not session.is_main:
             return 0  # fusion, verification and export run once, on rank 0
         return _fuse_and_export(args, network, data, out_dir, say)
+
+
+FLOW_STATE = "qat_flow.json"
+PHASE_FOLDERS = {"clamp": "weights_clamped", "float": "weights_float"}
+
+
+def _run_flow(args: argparse.Namespace) -> int:
+    """``-qat-flow``: every phase of the recipes, then fusion, verification and the exports, in one run.
+
+    Each phase is the run its manual command would be (``-recipe-phase P -learn-epoch E -set '$EPOCHS=E'``,
+    ``-w`` from the phase before), on the same seed, so it writes the same files; a phase's weights move to
+    ``weights_clamped/`` (``weights_float/``) as the manual flow's ``mv`` does. ``qat_flow.json`` records
+    the phases done: after an interrupt, ``-qat-flow -l net_state`` skips them and resumes the one that was
+    running.
+    """
+    import json
+
+    import qatrun
+    from qatrun.files import signals_deferred, swap_folder
+
+    for option, given in (("-learn-epoch", args.learn_epoch), ("-learn", args.learn), ("-recipe-phase", args.recipe_phase),
+                          ("-calib-reload", args.calib_reload)):
+        if given:
+            raise RunError(f"-qat-flow runs every phase itself: {option} does not apply (-phase-epochs sets the "
+                           "epochs of each)")
+    if not args.recipe:
+        raise RunError("-qat-flow needs a -recipe FILE whose Phases= names the phases to run (configs/*.ini)")
+    recipes = [qatrun.recipe.read(path) for path in args.recipe]
+    flow = next((r for r in reversed(recipes) if r.phases), None)
+    if flow is None:
+        raise RunError(f"-qat-flow: none of the recipes names its phases (Phases= in {', '.join(args.recipe)})")
+    phases = flow.phases
+    epochs = args.phase_epochs or flow.epochs
+    if not epochs:
+        raise RunError(f"-qat-flow: {flow.path} gives no Epochs=: give -phase-epochs "
+                       f"{','.join(['N'] * len(phases))}")
+    if len(epochs) != len(phases):
+        raise RunError(f"-phase-epochs: {len(epochs)} value(s) for the {len(phases)} phases of {flow.path} "
+                       f"({' '.join(phases)})")
+    out_dir = Path(".")
+    state_path = out_dir / FLOW_STATE
+    plan = {"ini": args.ini, "recipes": list(args.recipe), "phases": list(phases), "epochs": list(epochs)}
+    with qatrun.Session.start(args.dev) as session, session.own_folder(out_dir, True):
+        done: list[str] = []
+        if args.l:
+            if not state_path.is_file():
+                raise RunError(f"-qat-flow -l: no '{state_path}' here: -l resumes a flow interrupted in this folder")
+            state = json.loads(state_path.read_text())
+            if {k: state.get(k) for k in plan} != plan:
+                raise RunError(f"-qat-flow -l: '{state_path}' records another flow ({state.get('ini')}, recipes "
+                               f"{state.get('recipes')}, phases {state.get('phases')}, epochs {state.get('epochs')})")
+            done = list(state.get("done", []))
+        seed = qatrun.resolve_seed(args.seed or (qatrun.train.state_seed(Path(args.l)) if args.l else 0), out_dir, True)
+        networks = [qatrun.load(args.ini, [*args.set, f"$EPOCHS={e}"], seed=seed, kernels=args.kernels,
+                                device=session.device, recipes=recipes, phase=phase)
+                    for phase, e in zip(phases, epochs)]  # every phase checked before anything runs
+        for network in networks:
+            network.target  # noqa: B018 - one target, checked before any data is read
+        final = networks[-1]
+        final_args = argparse.Namespace(**{**vars(args), "qat_fuse": True, "test": True})
+        _check_request(final_args, final, False, False)
+        say = session.say
+        say(final.summary())
+        say(f"Using seed {seed} on {session.device}; phases: "
+            + ", ".join(f"{phase} ({e} epochs)" for phase, e in zip(phases, epochs)))
+        data = final.open_data()
+        say(f"Database folder: {data.source} ({data.origin})")
+        for part, label in (("Learn", "Learning"), ("Validation", "Validation"), ("Test", "Testing")):
+            say(f"{label} database size: {data.size(part)} images")
+        learnt = "weights_validation" if data.size("Validation") > 0 else "weights"
+        resumed = next((i for i, phase in enumerate(phases) if phase not in done), len(phases))
+        if args.w and resumed == 0 and args.w != "/dev/null":
+            networks[0].load_weights(args.w, ignore_missing=True)
+            say(f"Weights imported from '{args.w}'")
+        if args.l:
+            if resumed == len(phases):
+                raise RunError(f"-qat-flow -l: '{state_path}' says every phase is done")
+            networks[resumed].check_resume(args.l)
+        for i, (phase, e, network) in enumerate(zip(phases, epochs, networks)):
+            if phase in done:
+                say(f"Phase {i + 1} of {len(phases)}, {phase}: done before ('{state_path}')")
+                continue
+            say(f"Phase {i + 1} of {len(phases)}, {phase}: {e} epochs")
+            network.to(session.device)
+            resume = args.l if i == resumed and args.l else None
+            if i > 0 and resume is None:
+                previous = out_dir / PHASE_FOLDERS[phases[i - 1]]
+                network.load_weights(previous, ignore_missing=True)
+                say(f"Weights imported from '{previous}'")
+            if phase == "quantize" and args.calib and resume is None:
+                _calibrate(args, network, data, out_dir if session.is_main else None, say)
+            if session.is_main:
+                network.write_record(out_dir)
+            network.learn(data, epochs=e, out_dir=out_dir, log_epoch=args.log_epoch, valid_metric=args.valid_metric,
+                          stop_valid=args.stop_valid, resume=resume, test=phase == "quantize", say=say)
+            if session.is_main:
+                if phase != "quantize":
+                    target = out_dir / PHASE_FOLDERS[phase]
+                    with signals_deferred():
+                        swap_folder(out_dir / learnt, target, target.with_name(target.name + ".old"))
+                    say(f"    '{out_dir / learnt}' moved to '{target}'")
+                done.append(phase)
+                state_path.write_text(json.dumps({**plan, "seed": seed, "done": done}, indent=1) + "\n")
+            session.barrier()  # the other ranks read the folder rank 0 just moved
+        if not session.is_main:
+            return 0
+        if resumed == len(phases):
+            final.load_weights(out_dir / learnt)
+        return _fuse_and_export(final_args, final, data, out_dir, say)
 
 
 def _check_request(args: argparse.Namespace, network: Any, learning: bool, calibrating: bool) -> None:

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, fx, nn
 
-from qatrun import calib, data, export, fuse, ini, net, quant, train
+from qatrun import calib, data, export, fuse, ini, net, quant, recipe, train
 from qatrun.errors import ConfigError, DataError, RunError
 from qatrun.export.c import CExportReport, export_c
 from qatrun.options import EXPORT_KINDS
@@ -79,6 +79,8 @@ def load(
     kernels: str | quant.Kernels | None = None,
     device: torch.device | str = "cpu",
     strict: bool = True,
+    recipes: Sequence[PathLike | recipe.Recipe] = (),
+    phase: str = "quantize",
 ) -> Network:
     """Reads an INI file and builds its network, quantizers and solvers; loads no data.
 
@@ -92,6 +94,9 @@ def load(
         device: where the network will learn (it is built on the CPU; :meth:`Network.to` moves it): the
             kernels are chosen for it.
         strict: a key that no stage reads is an error (N2D2 ignores most of them).
+        recipes: recipe files (``configs/*.ini``, :mod:`qatrun.recipe`) applied in order to the INI, as if
+            it held their keys (each with the recipe line as its origin).
+        phase: the recipes' phase: ``quantize`` (every key), ``clamp`` or ``float`` (:mod:`qatrun.recipe`).
 
     Returns:
         The network.
@@ -105,6 +110,13 @@ def load(
     doc = ini.load(os.fspath(ini_path), overrides=list(overrides))
     spec = data.DataSpec.from_doc(doc)
     gm = net.build(doc, spec.input_shape)
+    applied: list[recipe.Applied] = []
+    if recipes:
+        read = [r if isinstance(r, recipe.Recipe) else recipe.read(r) for r in recipes]
+        for i, one in enumerate(read):
+            applied.append(recipe.apply(one, doc, gm, phase, tuple(read[:i])))
+        torch.manual_seed(seed)  # the same fillers as a build of an INI holding the recipes' keys
+        gm = net.build(doc, spec.input_shape)
     missing_data = None
     try:  # from the data files' headers: solver schedules (QActSolver.* too) often refer to [sp]_EpochSize
         spec.inject_epoch_size()
@@ -123,7 +135,7 @@ def load(
     if strict:
         doc.check_strict()
     return Network(path=Path(ini_path), doc=doc, spec=spec, gm=gm, plans=plans, solvers=solvers, seed=seed,
-                   kernels=chosen)
+                   kernels=chosen, recipes=applied)
 
 
 # ------------------------------------------------------------------------------------------ the network
@@ -144,6 +156,7 @@ class Network:
         seed: the run's seed.
         kernels: the quantizers' training-step kernels.
         calibration: what :meth:`calibrate` found, once it has run.
+        recipes: what each recipe given to :func:`load` set, in order.
     """
 
     path: Path
@@ -155,6 +168,7 @@ class Network:
     seed: int = 1
     kernels: quant.Kernels = field(default_factory=lambda: quant.select_kernels("eager"))
     calibration: calib.Calibration | None = None
+    recipes: list[recipe.Applied] = field(default_factory=list)
 
     # -------------------------------------------------------------------------------- description
 
@@ -194,6 +208,8 @@ class Network:
         """One row per layer (type, inputs, output shape, parameters, MACs, quantizers), then the totals,
         and what calibration set, once it has run."""
         text = _format_summary(self.gm)
+        for applied in self.recipes:
+            text += "\n\n" + applied.describe()
         if self.calibration is not None:
             what = "quantized by" if self.calibration.kind == "ptq" else "activation quantizers started from"
             text += (f"\n\nCalibration ({what} {self.calibration.stimuli} stimuli of "
@@ -212,6 +228,8 @@ class Network:
         settings = {"kernels": self.kernels.describe()}
         if self.calibration is not None:
             settings["calibration"] = self.calibration.describe()
+        for i, applied in enumerate(self.recipes):
+            settings[f"recipe {i + 1}"] = f"{applied.recipe.path} (phase {applied.phase})"
         return train.write_run_record(Path(out_dir), self.path.name, self.doc.dump_resolved(), self.seed,
                                       settings, command)
 
@@ -313,6 +331,10 @@ class Network:
             default_value=target.default_value, seed=self.seed, out_dir=Path(out_dir), target_name=target.cell,
             test_after=test,
         )
+        if epochs and train.rank() == 0 and resume is None:
+            note = self.schedule_note(epochs, data_.size("Learn"))
+            if note:
+                say(note)
         optimizer = train.N2D2Optimizer(train.group_by_solver(self.solvers), batch_size)
         meta = {"ini": self.doc.dump_resolved(), "seed": self.seed}
         result = train.learn(self.gm, data_, optimizer, cfg, self.folders(ignore_missing=True),
@@ -320,6 +342,29 @@ class Network:
         if train.rank() == 0 and result.best_folder is not None:
             train.plot_distributions(result.best_folder)  # once, at the end: drawing costs seconds
         return result
+
+    def schedule_spans(self, epoch_size: int) -> dict[float, list[str]]:
+        """The length in epochs of each decaying learning-rate schedule with an end (CosineDecay counts
+        samples, PolyDecay updates, up to ``MaxIterations``), with the parameters following it."""
+        spans: dict[float, list[str]] = {}
+        batch = self.spec.batch_size
+        for name, _, cfg in self.solvers:
+            if cfg.max_iterations <= 0 or cfg.policy not in ("CosineDecay", "PolyDecay") or epoch_size <= 0:
+                continue
+            samples = cfg.max_iterations * (cfg.step_size if cfg.policy == "CosineDecay" else batch * cfg.iteration_size)
+            spans.setdefault(round(samples / epoch_size, 2), []).append(name)
+        return spans
+
+    def schedule_note(self, epochs: int, epoch_size: int) -> str | None:
+        """A notice when a learning-rate schedule of the INI ends before or after ``epochs`` epochs."""
+        spans = {span: names for span, names in self.schedule_spans(epoch_size).items() if span != epochs}
+        if not spans:
+            return None
+        parts = [f"{span:g} epochs ({names[0]}{f' and {len(names) - 1} more' if len(names) > 1 else ''})"
+                 for span, names in sorted(spans.items())]
+        return (f"Notice: learning for {epochs} epochs, but the learning-rate schedule spans {', '.join(parts)}: "
+                "it is cut short or never reaches its end (the INI's $EPOCHS sets the schedules of qatrun's "
+                f"models: -set '$EPOCHS={epochs}')")
 
     def test(self, data_: data.Provider, partition: str = "Test") -> train.Metrics:
         """The network's scores on a partition (``-test``): recognition rate, confusion matrix, metrics."""

@@ -42,3 +42,6 @@ OUT_OF_SCOPE_OPTIONS = {
 }
 """N2D2 options for what qatrun does not do: refused by name, saying why (qatrun trains rate-based
 classifiers)."""
+
+PHASES = ("clamp", "float", "quantize")
+"""The phases of a recipe (``-recipe-phase``, :mod:`qatrun.recipe`)."""

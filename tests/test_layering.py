@@ -44,10 +44,11 @@ ALLOWED: dict[str, set[str]] = {
     "fuse": _BASE | {"ini", "quant", "net"},
     "export": _BASE | {"ini", "fuse", "quant", "net"},
     "calib": _BASE | {"ini", "quant", "net", "fuse"},
-    "network": _BASE | {"ini", "data", "net", "quant", "train", "fuse", "export", "calib"},
+    "recipe": _BASE | {"ini", "net"},
+    "network": _BASE | {"ini", "data", "net", "quant", "train", "fuse", "export", "calib", "recipe"},
     "cli": _BASE,
     "__main__": {"cli"},
-    "__init__": _BASE | {"ini", "data", "net", "quant", "train", "fuse", "export", "calib", "network"},
+    "__init__": _BASE | {"ini", "data", "net", "quant", "train", "fuse", "export", "calib", "recipe", "network"},
 }
 STDLIB_ONLY = {"errors", "options", "files", "ini"}
 THIRD_PARTY_SEEN = {"torch", "numpy", "onnx", "onnxruntime", "onnx2torch", "tqdm", "matplotlib"}

@@ -71,6 +71,8 @@ class Cell:
         act_section: the section holding the activation's settings (``ActivationFunction``, ``QAct*``)
             when it is not ``section``: for an imported cell, the section named after the Relu merged
             into it (``onnx_import/activations.py``). ``QAct*`` are read from ``act_section or section``.
+        act_output: for an imported cell, the output name of the activation node merged into it (the name
+            its ``act_section`` has, or would have), else None.
     """
 
     name: str
@@ -85,6 +87,7 @@ class Cell:
     macs: int = 0
     params: dict[str, object] = field(default_factory=dict)
     act_section: Section | None = None
+    act_output: str | None = None
 
     def __deepcopy__(self, memo: dict[int, object]) -> Cell:
         # The modules are state and are copied (with the GraphModule holding them); the section is

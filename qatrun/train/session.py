@@ -94,6 +94,11 @@ class Session:
         """True on rank 0, the one process that prints and writes files."""
         return rank() == 0
 
+    def barrier(self) -> None:
+        """Under torchrun, waits until every rank is here (after rank 0 wrote files the others read)."""
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+
     def say(self, line: str) -> None:
         """Console output; under torchrun, rank 0 alone speaks."""
         if self.is_main:

@@ -68,6 +68,7 @@ def merge(imp: Importer, cell: Cell, value: str, output: str, function: str, mod
     call = imp.builder.graph.call_module(name, (source,))
     example = _probe(module, example)
     cell.act_module, cell.activation, cell.act_section = module, function, section
+    cell.act_output = output if output != cell.name else None
     imp.set(value, call, example, cell.name)
     imp.set(output, call, example, cell.name)
 
