@@ -316,7 +316,7 @@ class Applied:
         seen: dict[tuple[str, str], Assignment] = {}
         for a in self.assignments:
             if a.replaced is not None:
-                seen[(a.section, a.key)] = a
+                seen[(a.layer, a.key)] = a
         return list(seen.values())
 
     def describe(self) -> str:
@@ -340,11 +340,11 @@ class Applied:
                                        subsequent_indent="        ")
             if added:
                 lines.append("      added with them: " + ", ".join(added))
-        by_value: dict[tuple[str, str, Location], list[str]] = {}
+        by_value: dict[tuple[str, str, Location, Location | None], list[str]] = {}
         for a in self.overrides:
-            by_value.setdefault((a.key, a.text, a.location), []).append(f"[{a.section}] ({a.replaced})")
-        for (key, text, location), where in by_value.items():
-            lines += textwrap.wrap(f"override: {key}={text} ({location}) replaces the INI's value in "
+            by_value.setdefault((a.key, a.text, a.location, a.replaced), []).append(a.layer)
+        for (key, text, location, replaced), where in by_value.items():
+            lines += textwrap.wrap(f"override: {key}={text} ({location}) replaces the INI's value ({replaced}) on "
                                    + ", ".join(where), 110, initial_indent="  ", subsequent_indent="      ")
         return "\n".join(lines)
 
@@ -424,7 +424,7 @@ class _Applier:
                 params = self.doc.params(section)
                 for role in _ROLES:
                     role_key = role + key[len("Solvers"):]
-                    if params.has(role_key) and config.raw(role_key, None) != text:
+                    if params.has(role_key) and not (config.has(role_key) and config._values[role_key].text == text):
                         self._define(config, cell.name, role_key, text, setting.location, ini_section=section,
                                      generated=True)
         else:
