@@ -360,7 +360,8 @@ def _run_flow(args: argparse.Namespace) -> int:
         for network in networks:
             network.target  # noqa: B018 - one target, checked before any data is read
         final = networks[-1]
-        final_args = argparse.Namespace(**{**vars(args), "qat_fuse": True, "test": True})
+        integer_form = any(plan.act is not None for plan in final.plans.values())  # weights-only: none
+        final_args = argparse.Namespace(**{**vars(args), "qat_fuse": integer_form, "test": True})
         _check_request(final_args, final, False, False)
         say = session.say
         say(final.summary())
@@ -407,8 +408,8 @@ def _run_flow(args: argparse.Namespace) -> int:
             session.barrier()  # the other ranks read the folder rank 0 just moved
         if not session.is_main:
             return 0
-        if resumed == len(phases):
-            final.load_weights(out_dir / learnt)
+        if not integer_form:
+            say("No activation quantizer (weights only): the network has no integer-only form, no fusion")
         return _fuse_and_export(final_args, final, data, out_dir, say)
 
 
