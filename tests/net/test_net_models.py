@@ -39,7 +39,9 @@ def test_every_model_is_tested() -> None:
         ["LeNet.ini", "LeNet-QAT-clamp.ini", "LeNet-QAT.ini", "ResNet20-cifar10.ini", "MobileNet-v1-cifar10.ini",
          "ResNet20-cifar10-W4A4-clamp.ini", "ResNet20-cifar10-W4A4.ini",
          # the ONNX example: tests/cli/test_onnx_example.py builds both phases from their .onnx file
-         "ResNet20-onnx-W4A4-clamp.ini", "ResNet20-onnx-W4A4.ini"]
+         "ResNet20-onnx-W4A4-clamp.ini", "ResNet20-onnx-W4A4.ini",
+         # the float networks recipes quantize: tests/recipe/test_recipe.py applies them (the ONNX one too)
+         "LeNet-BN.ini", "ResNet20-onnx.ini"]
     )
 
 
@@ -77,7 +79,7 @@ LENET_BN = {
 }
 
 
-@pytest.mark.parametrize("name", ["LeNet-QAT-clamp.ini", "LeNet-QAT.ini"])
+@pytest.mark.parametrize("name", ["LeNet-QAT-clamp.ini", "LeNet-QAT.ini", "LeNet-BN.ini"])
 def test_lenet_qat(name: str) -> None:
     doc, gm = built(name, (1, 32, 32))
     assert table(gm) == LENET_BN
