@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import qatrun
 from qatrun import recipe
@@ -13,7 +14,7 @@ from qatrun.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS, CONFIGS = REPO / "models", REPO / "configs"
-LENET, LENET_BN, ONNX = MODELS / "LeNet.ini", MODELS / "LeNet-QAT-clamp.ini", MODELS / "ResNet20-onnx.ini"
+LENET, LENET_BN, ONNX = MODELS / "LeNet.ini", MODELS / "LeNet-BN.ini", MODELS / "ResNet20-onnx.ini"
 SAT = CONFIGS / "sat-w4a4.ini"
 RECIPES = sorted(CONFIGS.glob("*.ini"))
 
@@ -54,7 +55,7 @@ def test_batchnorm_terms(tmp_path: Path) -> None:
 
 
 def test_output_keys_go_to_the_batchnorm_after_the_layer(tmp_path: Path) -> None:
-    """LeNet-QAT-clamp has no activation quantizer; the recipe's QAct on [all] quantizes each block output."""
+    """LeNet-BN has no activation quantizer; the recipe's QAct on [all] quantizes each block output."""
     r = write(tmp_path, "[all]\nQAct=SAT\nQAct.Range=15\n[last]\nQAct.Range=255\n")
     net = qatrun.load(LENET_BN, recipes=[r])
     acts = {name: plan.act.range for name, plan in net.plans.items() if plan.act is not None}
@@ -135,6 +136,8 @@ def test_every_shipped_recipe_applies_to_lenet_and_the_onnx_resnet(path: Path) -
     for ini in (LENET, ONNX):
         for phase in r.phases or ("clamp", "float", "quantize"):
             qatrun.load(ini, recipes=[path], phase=phase)
+    for ini in ("ResNet20-cifar10.ini", "MobileNet-v1-cifar10.ini"):
+        qatrun.load(MODELS / ini, recipes=[path])
 
 
 @pytest.mark.parametrize(("text", "line", "message"), [
@@ -180,3 +183,28 @@ def test_schedule_note() -> None:
     note = net.schedule_note(4, 48000)
     assert note is not None and "spans 10 epochs" in note and "-set '$EPOCHS=4'" in note
     assert qatrun.load(LENET, ["$EPOCHS=4"]).schedule_note(4, 48000) is None
+
+
+_NETS = {"lenet-bn": LENET_BN, "resnet20-onnx": ONNX, "resnet20": MODELS / "ResNet20-cifar10.ini",
+         "mobilenet": MODELS / "MobileNet-v1-cifar10.ini"}
+_FUSED = [(name, "lenet-bn") for name in ("sat-w8a8", "sat-w4a4", "sat-w2a2", "lsq-w4a4", "minmax-w8a8")] + [
+    ("sat-w4a4", "resnet20-onnx"), ("sat-w4a4", "resnet20"), ("sat-w4a4", "mobilenet"), ("lsq-w4a4", "resnet20"),
+    ("minmax-w8a8", "resnet20-onnx")]
+
+
+@pytest.mark.parametrize(("name", "net_name"), _FUSED, ids=[f"{a}-{b}" for a, b in _FUSED])
+def test_every_integer_recipe_fuses_and_verifies(name: str, net_name: str, tmp_path: Path) -> None:
+    """A few training-mode batches (ranges, LSQ's first steps), then the exact integer network on pixel images;
+    MinMax's 200-step delay is lifted by a second recipe, applied after it."""
+    no_delay = write(tmp_path, "[all]\nQWeight.Delay=0\nQAct.Delay=0\n[ElemWise optional]\nQAct.Delay=0\n")
+    recipes = [CONFIGS / f"{name}.ini", *([no_delay] if name.startswith("minmax") else [])]
+    net = qatrun.load(_NETS[net_name], recipes=recipes)
+    shape = net.spec.input_shape
+    generator = torch.Generator().manual_seed(4)
+    images = torch.randint(0, 256, (8, *shape), generator=generator).float() / 255
+    net.gm.train()
+    with torch.no_grad():
+        net.gm(images)
+    net.gm.eval()
+    report = net.fuse().verify([(images, torch.zeros(8, dtype=torch.long))])
+    assert report.ok, str(report)
