@@ -372,6 +372,8 @@ def _run_flow(args: argparse.Namespace) -> int:
         for part, label in (("Learn", "Learning"), ("Validation", "Validation"), ("Test", "Testing")):
             say(f"{label} database size: {data.size(part)} images")
         learnt = "weights_validation" if data.size("Validation") > 0 else "weights"
+        if integer_form:
+            _check_delays(final, epochs[-1] * -(-data.size("Learn") // final.spec.batch_size), epochs[-1])
         resumed = next((i for i, phase in enumerate(phases) if phase not in done), len(phases))
         if args.w and resumed == 0 and args.w != "/dev/null":
             networks[0].load_weights(args.w, ignore_missing=True)
@@ -411,6 +413,17 @@ def _run_flow(args: argparse.Namespace) -> int:
         if not integer_form:
             say("No activation quantizer (weights only): the network has no integer-only form, no fusion")
         return _fuse_and_export(final_args, final, data, out_dir, say)
+
+
+def _check_delays(network: Any, steps: int, epochs: int) -> None:
+    """Refuses a quantized phase shorter than a quantizer's ``Delay``: it would end unquantized, and unfusable."""
+    for name, plan in network.plans.items():
+        for role, spec in (("QWeight", plan.weight), ("QAct", plan.act)):
+            delay = getattr(spec, "delay", 0)
+            if spec is not None and delay >= steps:
+                raise RunError(f"-qat-flow: the quantized phase runs {steps} steps ({epochs} epochs), but {name}'s "
+                               f"{role}.Delay is {delay} steps: it would end before quantizing; lower the Delay (a "
+                               "recipe after the first can set it) or give more -phase-epochs")
 
 
 def _check_request(args: argparse.Namespace, network: Any, learning: bool, calibrating: bool) -> None:

@@ -92,6 +92,9 @@ def test_an_interrupted_phase_resumes_with_l(tmp_path: Path, mnist_small: Path) 
     (["-recipe", SAT, "-recipe-phase", "float", "-test"], ["sat-w4a4.ini: no phase 'float'"]),
     (["-phase-epochs", "1,1", "-learn-epoch", "1"], ["-phase-epochs sets the phases of -qat-flow"]),
     (["-recipe", "missing.ini", "-test"], ["missing.ini", "no such file"]),
+    # mnist_small: 800 Learn images, 7 steps of 128 per epoch; the recipe's MinMax starts after 200
+    (["-recipe", str(REPO / "configs" / "minmax-w8a8.ini"), "-qat-flow", "-phase-epochs", "1,2"],
+     ["the quantized phase runs 14 steps (2 epochs)", "QWeight.Delay is 200 steps"]),
 ])
 def test_refusals(extra: list[str], names: list[str], tmp_path: Path, mnist_small: Path) -> None:
     before = snapshot(tmp_path)
