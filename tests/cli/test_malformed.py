@@ -6,6 +6,7 @@ Each case is a small network with one mistake; the line holding the mistake carr
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -133,22 +134,61 @@ def _expected_line(text: str) -> int:
     return lines[0] if lines else 0
 
 
+# One process runs the command on every case in turn (``qatrun.cli.main``, as ``python -m qatrun`` calls it),
+# its output captured per call: the same code path and messages as 30 separate processes, one torch import.
+_DRIVER = """
+import contextlib, io, json, sys
+from qatrun.cli import main
+results = {}
+for path in sys.argv[1:]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main([path])
+    results[path] = {"status": status, "stdout": out.getvalue(), "stderr": err.getvalue()}
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, object]]]:
+    folder = tmp_path_factory.mktemp("malformed")
+    paths = []
+    for case, text, _ in CASES:
+        (folder / f"{case}.ini").write_text(text)
+        paths.append(str(folder / f"{case}.ini"))
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, *paths], cwd=folder, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    return folder, json.loads(proc.stdout.splitlines()[-1])
+
+
 @pytest.mark.parametrize("case,text,pattern", CASES, ids=[c[0] for c in CASES])
-def test_malformed_ini_is_one_line_exit_2(tmp_path: Path, case: str, text: str, pattern: str) -> None:
-    ini = tmp_path / f"{case}.ini"
-    ini.write_text(text)
-    proc = subprocess.run(
-        [sys.executable, "-m", "qatrun", str(ini)], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2, proc.stderr + proc.stdout
-    assert "Traceback" not in proc.stderr
-    assert len(errors) == 1, proc.stderr
+def test_malformed_ini_is_one_line_exit_2(outcomes: tuple[Path, dict[str, dict[str, object]]], case: str, text: str,
+                                          pattern: str) -> None:
+    folder, results = outcomes
+    ini = folder / f"{case}.ini"
+    result = results[str(ini)]
+    stderr, stdout = str(result["stderr"]), str(result["stdout"])
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert result["status"] == 2, stderr + stdout
+    assert "Traceback" not in stderr
+    assert len(errors) == 1, stderr
     line = _expected_line(text)
     prefix = f"error: {ini}:{line}:" if line else f"error: {ini}"
     assert errors[0].startswith(prefix), errors[0]
     assert re.search(pattern, errors[0]), errors[0]
-    assert not (tmp_path / "PWNED").exists()
+    assert not (folder / "PWNED").exists()
+
+
+def test_one_case_in_a_process_of_its_own(tmp_path: Path) -> None:
+    """``python -m qatrun`` itself: the exit status and the one line, as the driver above gets them."""
+    ini = tmp_path / "bad.ini"
+    ini.write_text(CASES[0][1])
+    proc = subprocess.run([sys.executable, "-m", "qatrun", str(ini)], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert re.search(CASES[0][2], errors[0]), errors[0]
 
 
 def test_there_are_at_least_30_cases() -> None:
