@@ -35,6 +35,36 @@ def run_qatrun(args: Sequence[str], cwd: Path, timeout: int = 600, env: dict[str
                           timeout=timeout, env=full_env, stdin=subprocess.DEVNULL)
 
 
+_DRIVER = """
+import contextlib, io, json, os, sys
+from qatrun.cli import main
+results = []
+for run in json.loads(sys.argv[1]):
+    os.chdir(run["cwd"])
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = main(run["args"])
+    results.append({"status": status, "stdout": out.getvalue(), "stderr": err.getvalue()})
+print(json.dumps(results))
+"""
+
+
+def run_in_one_process(runs: Sequence[tuple[Sequence[str], Path]]) -> list[subprocess.CompletedProcess[str]]:
+    """``qatrun ARGS`` in ``cwd`` for each run, one after the other in one Python process (``qatrun.cli.main``,
+    what ``python -m qatrun`` calls, its output captured per run): one torch import for many refusals. For
+    runs that end before learning; signals, locks and environments need a process of their own
+    (:func:`run_qatrun`)."""
+    import json
+
+    plan = [{"args": list(args), "cwd": str(cwd)} for args, cwd in runs]
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(plan)], capture_output=True, text=True,
+                          timeout=900, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.splitlines()[-1])
+    return [subprocess.CompletedProcess(["qatrun", *run["args"]], r["status"], r["stdout"], r["stderr"])
+            for run, r in zip(plan, results)]
+
+
 def snapshot(folder: Path) -> dict[str, str]:
     """Relative path -> sha256 of every file under ``folder`` (folders as ``<dir>``)."""
     found = {}

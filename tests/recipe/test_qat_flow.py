@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import LENET, assert_refused, data_args, mnist_small, run_qatrun, snapshot  # noqa: F401
+from tests.faults.conftest import (  # noqa: F401
+    LENET,
+    assert_refused,
+    data_args,
+    mnist_small,
+    run_in_one_process,
+    run_qatrun,
+    snapshot,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 SAT = str(REPO / "configs" / "sat-w4a4.ini")
@@ -81,7 +89,7 @@ def test_an_interrupted_phase_resumes_with_l(tmp_path: Path, mnist_small: Path) 
     assert_refused(proc, "records another flow", before=before, folder=tmp_path)
 
 
-@pytest.mark.parametrize(("extra", "names"), [
+REFUSALS = [
     (["-qat-flow"], ["-qat-flow needs a -recipe FILE"]),
     (["-recipe", SOLVER, "-qat-flow"], ["none of the recipes names its phases", "sat-solver.ini"]),
     (["-recipe", SAT, "-qat-flow", "-phase-epochs", "1"], ["-phase-epochs: 1 value(s) for the 2 phases"]),
@@ -95,26 +103,43 @@ def test_an_interrupted_phase_resumes_with_l(tmp_path: Path, mnist_small: Path) 
     # mnist_small: 800 Learn images, 7 steps of 128 per epoch; the recipe's MinMax starts after 200
     (["-recipe", str(REPO / "configs" / "minmax-w8a8.ini"), "-qat-flow", "-phase-epochs", "1,2"],
      ["the quantized phase runs 14 steps (2 epochs)", "QWeight.Delay is 200 steps"]),
-])
-def test_refusals(extra: list[str], names: list[str], tmp_path: Path, mnist_small: Path) -> None:
-    before = snapshot(tmp_path)
-    proc = run_qatrun([LENET, *extra, *data_args(mnist_small)], tmp_path)
-    assert_refused(proc, *names, before=before, folder=tmp_path)
-
-
-@pytest.mark.parametrize(("text", "line", "message"), [
+]
+RECIPE_ERRORS = [
     ("[ElemWise]\nQAct=SAT\n", 1, "matches no layer"),
     ("[all]\nQWeight=SAT\nQWeight.Rnage=15\n", 3, "Rnage"),
     ("[Pool]\nQWeight=SAT\n", 2, "has no weights to quantize"),
-])
-def test_recipe_errors_name_the_file_and_line(text: str, line: int, message: str, tmp_path: Path,
-                                              mnist_small: Path) -> None:
-    recipe = tmp_path / "bad.ini"
-    recipe.write_text(text)
-    before = snapshot(tmp_path)
-    proc = run_qatrun([LENET, "-recipe", str(recipe), "-learn-epoch", "1", *data_args(mnist_small)], tmp_path)
-    error = assert_refused(proc, message, before=before, folder=tmp_path)
-    assert f"{recipe}:{line}:" in error
+]
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory: pytest.TempPathFactory, mnist_small: Path) -> list[tuple[Path, dict[str, str],
+                                                                                      subprocess.CompletedProcess[str]]]:
+    """Every refusal of this module, each in an empty folder of its own, run in one process."""
+    runs, folders = [], []
+    for i, (extra, _) in enumerate(REFUSALS):
+        folders.append(tmp_path_factory.mktemp(f"refusal{i}"))
+        runs.append(([LENET, *extra, *data_args(mnist_small)], folders[-1]))
+    for i, (text, _, _) in enumerate(RECIPE_ERRORS):
+        folders.append(tmp_path_factory.mktemp(f"recipe{i}"))
+        (folders[-1] / "bad.ini").write_text(text)
+        runs.append(([LENET, "-recipe", str(folders[-1] / "bad.ini"), "-learn-epoch", "1", *data_args(mnist_small)],
+                     folders[-1]))
+    befores = [snapshot(folder) for folder in folders]
+    return list(zip(folders, befores, run_in_one_process(runs)))
+
+
+@pytest.mark.parametrize(("index", "names"), list(enumerate(names for _, names in REFUSALS)))
+def test_refusals(index: int, names: list[str], refused: list) -> None:
+    folder, before, proc = refused[index]
+    assert_refused(proc, *names, before=before, folder=folder)
+
+
+@pytest.mark.parametrize(("index", "line", "message"), [(i, line, message) for i, (_, line, message)
+                                                         in enumerate(RECIPE_ERRORS)])
+def test_recipe_errors_name_the_file_and_line(index: int, line: int, message: str, refused: list) -> None:
+    folder, before, proc = refused[len(REFUSALS) + index]
+    error = assert_refused(proc, message, before=before, folder=folder)
+    assert f"{folder / 'bad.ini'}:{line}:" in error
 
 
 def test_schedule_notice_once(tmp_path: Path, mnist_small: Path) -> None:
