@@ -274,6 +274,8 @@ def run(args: argparse.Namespace) -> int:
         say = session.say
         say(network.summary())
         say(f"Using seed {seed} on {session.device}")
+        if network.without_data and not (learning or calibrating or args.test or args.test_onnx):
+            return _fuse_without_data(args, network, out_dir, session, say)
         data = network.open_data()
         say(f"Database folder: {data.source} ({data.origin})")
         for part, label in (("Learn", "Learning"), ("Validation", "Validation"), ("Test", "Testing")):
@@ -426,6 +428,28 @@ def _check_delays(network: Any, steps: int, epochs: int) -> None:
                                "recipe after the first can set it) or give more -phase-epochs")
 
 
+PIXEL_IMAGES = 256
+
+
+def _fuse_without_data(args: argparse.Namespace, network: Any, out_dir: Path, session: Any,
+                       say: Callable[[str], None]) -> int:
+    """``-qat-fuse`` / ``-fuse`` / ``-export`` of an INI without a data set (N2D2 builds such a network): the
+    given weights, the integer network verified and the exports checked on random pixel images."""
+    if not (args.qat_fuse or args.fuse or args.export):
+        return 0
+    if not args.w or args.w == "/dev/null":
+        raise RunError(f"no data set ({network.without_data}): fusing and exporting need the trained weights, "
+                       "-w FOLDER")
+    network.load_weights(args.w, ignore_missing=True)
+    say(f"Weights imported from '{args.w}'")
+    images = network.pixel_images(PIXEL_IMAGES)
+    say(f"Notice: no data set ({network.without_data}): the integer network and the exports are checked on "
+        f"{PIXEL_IMAGES} random pixel images, not on test images")
+    if session.is_main:
+        network.write_record(out_dir)
+    return _fuse_and_export(args, network, images, out_dir, say) if session.is_main else 0
+
+
 def _check_request(args: argparse.Namespace, network: Any, learning: bool, calibrating: bool) -> None:
     """What the command line asks of the network that it cannot do, refused before anything is written."""
     if calibrating:
@@ -504,7 +528,7 @@ def _fuse_and_export(args: argparse.Namespace, network: Any, data: Any, out_dir:
         say("Integer-only network:")
         say(integer.report.summary())
         say(f"    '{integer.save(out_dir / 'weights_quantized')}' saved!")
-        check = integer.verify(data)
+        check = integer.verify(data if hasattr(data, "loader") else [data])  # a data set, or images
         say(str(check))
         (out_dir / "fusion_report.txt").write_text(f"{check}\n\n{integer.report.summary()}\n")
         if args.test:

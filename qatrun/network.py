@@ -190,6 +190,18 @@ class Network:
                               targets[-1].section.location)
         return targets[0]
 
+    @property
+    def without_data(self) -> str | None:
+        """Why the INI has no data set (no ``[database]``, or one without ``Type``), or None when it has one."""
+        database = self.spec.database
+        return database.reason() if isinstance(database, data.databases.NoDatabase) else None
+
+    def pixel_images(self, count: int = 256, seed: int | None = None) -> Tensor:
+        """``count`` random images of the network's input on the pixel grid (integers 0..255, divided by 255):
+        what verification and the export checks run on when there is no data set."""
+        generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
+        return torch.randint(0, 256, (count, *self.spec.input_shape), generator=generator).float() / 255
+
     def require_quantized(self, asking: str, integer_form: bool = True) -> None:
         """Refuses what only a quantized network has (its integer form, its QDQ file) on a float one.
 

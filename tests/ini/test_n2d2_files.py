@@ -298,6 +298,26 @@ def test_network_without_a_database_builds_fuses_and_exports(
     assert cli_error(capsys, str(ini), "-test").startswith(f"{where} no data set: {reason}")
 
 
+def test_the_command_fuses_and_exports_a_network_without_data(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """-qat-fuse and -export of given weights: verified and checked on random pixel images, which it says."""
+    ini = write(tmp_path, QAT.format(database=""))
+    trained = qatrun.load(ini, seed=3)
+    trained.gm.train()
+    with torch.no_grad():  # the activation quantizers' first batch (SAT alphas stay as the INI gives them)
+        trained.gm(trained.pixel_images(16))
+    trained.save_weights(tmp_path / "weights")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main([str(ini), "-qat-fuse", "-w", "weights", "-export", "onnx-int"]) == 0
+    out = capsys.readouterr().out
+    assert "Notice: no data set (the INI has no [database] section" in out and "256 random pixel images" in out
+    assert "0 of 256 predictions differ" in out and "verified" in out
+    assert (tmp_path / "weights_quantized").is_dir() and (tmp_path / "net-int.onnx").is_file()
+    assert "no data set" in cli_error(capsys, str(ini), "-qat-fuse") and "-w FOLDER" in cli_error(
+        capsys, str(ini), "-export", "onnx")
+
+
 # ------------------------------------------------------------------------------------------ out of scope
 
 MNIST_SP = "[database]\nType=MNIST_IDX_Database\n[sp]\nSizeX=28\nSizeY=28\n"
