@@ -65,6 +65,10 @@ OUT_OF_SCOPE_TYPES: dict[str, str] = {
     "RP": "the region proposal network of N2D2's object detection (Faster R-CNN)",
     "ROIPooling": "the region-of-interest pooling of N2D2's object detection (Faster R-CNN)",
     "ObjectDet": "the detection output of N2D2's object detection (SSD)",
+    "TargetBias": "the bias of N2D2's detection targets",
+    "LSTM": "a recurrent layer (N2D2's LSTM, for sequences)",
+    "Distance": "a distance-to-centroids layer (N2D2's Distance cell, for metric learning)",
+    "Unpool": "the max-unpooling of N2D2's encoder-decoder (segmentation) networks",
 }
 """N2D2 cell types for what qatrun does not do, with what they are."""
 
