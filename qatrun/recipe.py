@@ -373,8 +373,16 @@ def apply(recipe: Recipe, doc: Document, gm: fx.GraphModule, phase: str = "quant
         chosen = rule.selector.select(cells, users)
         if not chosen and not rule.selector.optional:
             types = ", ".join(sorted({c.type for c in cells}))
+            hint = ""
+            if rule.selector.patterns and not rule.selector.types:
+                named = [c for c in cells if any(fnmatch.fnmatchcase(c.name, p) for p in rule.selector.patterns)]
+                if named:
+                    kinds = " ".join(sorted({c.type for c in named}))
+                    hint = (f"; without a type a selector keeps the layers with weights, and its names are "
+                            f"{', '.join(c.name for c in named[:4])}{'...' if len(named) > 4 else ''}: write "
+                            f"[{kinds} {rule.selector.text}]")
             raise ConfigError(f"selector [{rule.selector.text}] matches no layer of {doc.path} (its layer types: "
-                              f"{types})", rule.selector.location)
+                              f"{types}){hint}", rule.selector.location)
         applier.applied.matches.append((rule, tuple(c.name for c in chosen)))
         for setting in rule.settings:
             for cell in chosen:

@@ -145,6 +145,7 @@ def test_every_shipped_recipe_applies_to_lenet_and_the_onnx_resnet(path: Path) -
     ("[first last]\nQWeight=SAT\n", 1, "first and last together match nothing"),
     ("[Pool]\nQWeight=SAT\n", 2, "pool1 is a Pool cell, which has no weights to quantize"),
     ("[ElemWise]\nQAct=SAT\n", 1, "selector [ElemWise] matches no layer"),
+    ("[name=pool*]\nQAct=SAT\n", 1, "its names are pool1, pool2: write [Pool name=pool*]"),
     ("[all]\nType=Fc\n", 2, "it does not change the network's structure"),
     ("Phases=quantize clamp\n", 1, "ending with quantize"),
     ("Phases=clamp quantize\nEpochs=8\n", 2, "expected 2 positive integers"),
