@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
             "  qatrun models/LeNet.ini -learn-epoch 10 -test train, then test\n"
             "  qatrun models/LeNet-QAT.ini -learn-epoch 10 -w weights_clamped\n"
             "  qatrun models/LeNet-QAT.ini -test -qat-fuse -w weights -export onnx-int\n"
-            "  qatrun models/LeNet.ini -calib -1 -w weights -test -qat-fuse   post-training quantization"
+            "  qatrun models/LeNet.ini -calib -1 -w weights -test -qat-fuse   post-training quantization\n"
+            "  qatrun models/LeNet-BN.ini -recipe configs/sat-w4a4.ini -qat-flow   every QAT phase, fused"
         ),
     )
     p.add_argument("ini", metavar="NET.ini", help="network description (N2D2 INI dialect)")
