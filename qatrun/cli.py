@@ -278,9 +278,7 @@ def run(args: argparse.Namespace) -> int:
         if network.without_data and not (learning or calibrating or args.test or args.test_onnx):
             return _fuse_without_data(args, network, out_dir, session, say)
         data = network.open_data()
-        say(f"Database folder: {data.source} ({data.origin})")
-        for part, label in (("Learn", "Learning"), ("Validation", "Validation"), ("Test", "Testing")):
-            say(f"{label} database size: {data.size(part)} images")
+        _say_data(say, data)
         network.to(session.device)
         if args.w and args.w != "/dev/null":
             network.load_weights(args.w, ignore_missing=True)
@@ -371,12 +369,10 @@ def _run_flow(args: argparse.Namespace) -> int:
         say(f"Using seed {seed} on {session.device}; phases: "
             + ", ".join(f"{phase} ({e} epochs)" for phase, e in zip(phases, epochs)))
         data = final.open_data()
-        say(f"Database folder: {data.source} ({data.origin})")
-        for part, label in (("Learn", "Learning"), ("Validation", "Validation"), ("Test", "Testing")):
-            say(f"{label} database size: {data.size(part)} images")
+        _say_data(say, data)
         learnt = "weights_validation" if data.size("Validation") > 0 else "weights"
         if integer_form:
-            _check_delays(final, epochs[-1] * -(-data.size("Learn") // final.spec.batch_size), epochs[-1])
+            _check_delays(final, epochs[-1] * len(data.loader("Learn", True)), epochs[-1])
         resumed = next((i for i, phase in enumerate(phases) if phase not in done), len(phases))
         if args.w and resumed == 0 and args.w != "/dev/null":
             networks[0].load_weights(args.w, ignore_missing=True)
@@ -446,9 +442,17 @@ def _fuse_without_data(args: argparse.Namespace, network: Any, out_dir: Path, se
     images = network.pixel_images(PIXEL_IMAGES)
     say(f"Notice: no data set ({network.without_data}): the integer network and the exports are checked on "
         f"{PIXEL_IMAGES} random pixel images, not on test images")
-    if session.is_main:
-        network.write_record(out_dir)
-    return _fuse_and_export(args, network, images, out_dir, say) if session.is_main else 0
+    if not session.is_main:
+        return 0
+    network.write_record(out_dir)
+    return _fuse_and_export(args, network, images, out_dir, say)
+
+
+def _say_data(say: Callable[[str], None], data: Any) -> None:
+    """Where the data came from and the size of each partition."""
+    say(f"Database folder: {data.source} ({data.origin})")
+    for part, label in (("Learn", "Learning"), ("Validation", "Validation"), ("Test", "Testing")):
+        say(f"{label} database size: {data.size(part)} images")
 
 
 def _check_request(args: argparse.Namespace, network: Any, learning: bool, calibrating: bool) -> None:

@@ -359,9 +359,11 @@ class Network:
         """The length in epochs of each decaying learning-rate schedule with an end (CosineDecay counts
         samples, PolyDecay updates, up to ``MaxIterations``), with the parameters following it."""
         spans: dict[float, list[str]] = {}
+        if epoch_size <= 0:
+            return spans
         batch = self.spec.batch_size
         for name, _, cfg in self.solvers:
-            if cfg.max_iterations <= 0 or cfg.policy not in ("CosineDecay", "PolyDecay") or epoch_size <= 0:
+            if cfg.max_iterations <= 0 or cfg.policy not in ("CosineDecay", "PolyDecay"):
                 continue
             samples = cfg.max_iterations * (cfg.step_size if cfg.policy == "CosineDecay" else batch * cfg.iteration_size)
             spans.setdefault(round(samples / epoch_size, 2), []).append(name)

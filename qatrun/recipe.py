@@ -312,7 +312,7 @@ class Applied:
 
     @property
     def overrides(self) -> list[Assignment]:
-        """The keys the INI gave too, once per section and key."""
+        """The keys the INI gave too, once per layer and key."""
         seen: dict[tuple[str, str], Assignment] = {}
         for a in self.assignments:
             if a.replaced is not None:
@@ -325,8 +325,8 @@ class Applied:
         lines = [f"Recipe {self.recipe.path}, phase {self.phase}: {len(self.assignments)} keys on {len(layers)} "
                  "layers"]
         for rule, names in self.matches:
-            set_here = [a for a in self.assignments if a.location.path == self.recipe.path
-                        and any(a.location == s.location for s in rule.settings)]
+            lines_here = {s.location for s in rule.settings}
+            set_here = [a for a in self.assignments if a.location in lines_here]
             if not set_here:
                 continue
             lines += textwrap.wrap(f"[{rule.selector.text}] (line {rule.selector.location.line}): {', '.join(names)}",
@@ -368,7 +368,7 @@ def apply(recipe: Recipe, doc: Document, gm: fx.GraphModule, phase: str = "quant
     for cell in cells:
         for name in cell.inputs:
             users.setdefault(name, []).append(cell)
-    applier = _Applier(recipe, doc, phase, {c.name: c for c in cells}, users, {r.path for r in earlier})
+    applier = _Applier(recipe, doc, phase, users, {r.path for r in earlier})
     for rule in recipe.rules:
         chosen = rule.selector.select(cells, users)
         if not chosen and not rule.selector.optional:
@@ -396,9 +396,9 @@ def _feeds_batchnorm(cell: Cell, users: dict[str, list[Cell]]) -> bool:
 
 
 class _Applier:
-    def __init__(self, recipe: Recipe, doc: Document, phase: str, cells: dict[str, Cell],
-                 users: dict[str, list[Cell]], earlier: set[str]) -> None:
-        self.recipe, self.doc, self.phase, self.cells, self.users = recipe, doc, phase, cells, users
+    def __init__(self, recipe: Recipe, doc: Document, phase: str, users: dict[str, list[Cell]],
+                 earlier: set[str]) -> None:
+        self.recipe, self.doc, self.phase, self.users = recipe, doc, phase, users
         self.paths = {recipe.path, *earlier}
         self.applied = Applied(recipe, phase)
         self.before: dict[tuple[str, str], Location | None] = {}  # (section, key) -> the INI's location
@@ -452,9 +452,8 @@ class _Applier:
         return cell
 
     def _output_section(self, cell: Cell, setting: Setting) -> Section:
-        act_output = getattr(cell, "act_output", None)
-        if act_output is not None and act_output != cell.name:  # an imported ReLU node merged into the cell
-            return self._named_section(act_output, None, setting.location)
+        if cell.act_output is not None:  # an imported ReLU node merged into the cell
+            return self._named_section(cell.act_output, None, setting.location)
         return self._layer_section(cell)
 
     def _layer_section(self, cell: Cell) -> Section:
