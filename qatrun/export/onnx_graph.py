@@ -102,6 +102,25 @@ class OnnxGraph:
         """``Cast(value, to=elem)``."""
         return self.op("Cast", [value], hint, to=elem)
 
+    def region_max(self, x: str, rows: np.ndarray, cols: np.ndarray, hint: str) -> str:
+        """Fractional max-pooling of (N, C, H, W) ``x`` over fixed regions: for rows, then columns, a
+        ``Gather`` of every region's indices (``rows``: (m, L)), a ``Reshape`` that puts a region on an axis
+        of its own, and a ``ReduceMax`` over it (the FMP cell's :func:`~qatrun.net.fmp.pool_regions`)."""
+        y = x
+        for axis, regions, part in ((2, rows, "rows"), (3, cols, "cols")):
+            flat = self.const(f"{hint}_{part}", np.asarray(regions, dtype=np.int64).reshape(-1))
+            y = self.op("Gather", [y, flat], f"{hint}_{part}_gather", axis=axis)
+            shape = [0, 0, *([0] if axis == 3 else []), *regions.shape, *([-1] if axis == 2 else [])]
+            y = self.op("Reshape", [y, self.const(f"{hint}_{part}_shape", np.array(shape, dtype=np.int64))],
+                        f"{hint}_{part}_regions")
+            out = hint if axis == 3 else f"{hint}_{part}_max"
+            if self.opset >= 18:
+                y = self.op("ReduceMax", [y, self.const(f"{hint}_axis", np.array([axis + 1], dtype=np.int64))], out,
+                            keepdims=0)
+            else:
+                y = self.op("ReduceMax", [y], out, axes=[axis + 1], keepdims=0)
+        return y
+
     def input(self, name: str, elem: int, shape: list[int | str]) -> str:
         """Declares a graph input."""
         self._used.add(name)

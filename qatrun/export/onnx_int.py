@@ -14,6 +14,7 @@ Rescale         ``v = Cast<double>(acc) * s + o``, rounded as the module rounds,
                 (Fixed-point/shift modes: ``floor((a M + O) / 2^n)`` in int64, floor as ``t - Mod(t, 2^n)``)
 IntAdd          ``sum_i m_i (Cast<double>(q_i) - z_i)``, summed in input order as torch sums the stack
 IntMaxPool2d    MaxPool on the uint8/int8 levels (float32 beyond 8 bits: exact below 2^24)
+                (IntFractionalMaxPool: Gather + Reshape + ReduceMax per axis, on the same types)
 IntAvgPool2d    the window sum of ``q - z``: a depthwise ConvInteger with a kernel of ones
 shape modules   Flatten / Reshape / Transpose / Concat / Pad on the integers
 =============== ==========================================================================================
@@ -82,7 +83,16 @@ from torch.nn import functional as F
 
 from qatrun.errors import RunError
 from qatrun.export.onnx_graph import NUMPY_TYPES, OnnxGraph, record_shapes
-from qatrun.fuse.intnet import IntAdd, IntAvgPool2d, IntConv2d, IntInput, IntLinear, IntMaxPool2d, Rescale
+from qatrun.fuse.intnet import (
+    IntAdd,
+    IntAvgPool2d,
+    IntConv2d,
+    IntFractionalMaxPool,
+    IntInput,
+    IntLinear,
+    IntMaxPool2d,
+    Rescale,
+)
 from qatrun.net.layers import Permute, Reshape
 
 OPSET = 13
@@ -609,6 +619,16 @@ class IntWriter:
         pooled = self.g.op("MaxPool", [self._as(x, TensorProto.FLOAT)], name, **attrs)
         self.env[node] = Levels(pooled, TensorProto.FLOAT, x.lo, x.hi)
 
+    def fractional_max_pool(self, node: fx.Node, m: IntFractionalMaxPool) -> None:
+        name = str(node.target)
+        x = self._levels(node.args[0], name)  # type: ignore[arg-type]
+        if x.elem not in (TensorProto.UINT8, TensorProto.INT8):
+            if max(abs(x.lo), abs(x.hi)) >= FLOAT32_EXACT:
+                raise RunError(f"{name}: max-pooling levels beyond 2^24 has no exact onnxruntime kernel")
+            x = Levels(self._as(x, TensorProto.FLOAT), TensorProto.FLOAT, x.lo, x.hi)
+        pooled = self.g.region_max(x.name, m.rows.numpy(), m.cols.numpy(), name)
+        self.env[node] = Levels(pooled, x.elem, x.lo, x.hi)
+
     def reshape(self, node: fx.Node, source: fx.Node) -> None:
         """Any shape change: Reshape to the recorded shape, batch dimension copied (``0``)."""
         x = self._levels(source, node.name)
@@ -684,6 +704,7 @@ class IntWriter:
         handlers = (
             (IntInput, self.input), (IntConv2d, self.conv), (IntLinear, self.linear), (Rescale, self.rescale),
             (IntAdd, self.add), (IntMaxPool2d, self.max_pool), (IntAvgPool2d, self.avg_pool),
+            (IntFractionalMaxPool, self.fractional_max_pool),
         )
         for kind, handler in handlers:
             if isinstance(m, kind):

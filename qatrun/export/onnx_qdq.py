@@ -43,6 +43,7 @@ from torch.nn import functional as F
 from qatrun.errors import RunError
 from qatrun.export.onnx_graph import OnnxGraph, int_tensor, record_shapes
 from qatrun.net import layers
+from qatrun.net.fmp import FractionalMaxPool
 from qatrun.quant import (
     LSQActivationQuantizer,
     MinMaxActivationQuantizer,
@@ -366,6 +367,8 @@ class QdqWriter:
             return self.batchnorm(node, m, x)
         if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)):
             return self.pool(node, m, x)
+        if isinstance(m, FractionalMaxPool):
+            return self.g.region_max(x, m.rows.numpy(), m.cols.numpy(), str(node.target))
         if isinstance(m, layers.ElemWise):
             return self.elemwise(node, m, args)
         if isinstance(m, layers.Softmax):

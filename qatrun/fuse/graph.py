@@ -13,6 +13,7 @@ Conv/Fc -> ... without quantizer (the logits)               IntConv2d/IntLinear,
 ElemWise Sum / ``+`` -> activation quantizer                ``<sum>``: IntAdd, ``<act>``: Rescale
 activation quantizer on integer levels                      IntAdd (one input) + Rescale
 MaxPool2d                                                   IntMaxPool2d
+FractionalMaxPool (FMP), on its fixed regions               IntFractionalMaxPool
 AvgPool2d                                                   exact: the window sum (unit / window size);
                                                             n2d2: the average, as N2D2 computes it
 Identity, Dropout, Softmax with loss                        nothing (the value passes through)
@@ -60,9 +61,19 @@ from qatrun.fuse.integerize import (
     n2d2_conv_bn,
     n2d2_fc,
 )
-from qatrun.fuse.intnet import IntAdd, IntAvgPool2d, IntConv2d, IntInput, IntLinear, IntMaxPool2d, Rescale
+from qatrun.fuse.intnet import (
+    IntAdd,
+    IntAvgPool2d,
+    IntConv2d,
+    IntFractionalMaxPool,
+    IntInput,
+    IntLinear,
+    IntMaxPool2d,
+    Rescale,
+)
 from qatrun.fuse.reader import DefaultReader, QuantReader
 from qatrun.fuse.scaling import Requant, error_bound_lsb, product_fits
+from qatrun.net.fmp import FractionalMaxPool
 from qatrun.net.layers import ElemWise, Permute, Reshape, Softmax
 from qatrun.quant.sat import sat_denominator
 
@@ -377,8 +388,9 @@ class _Builder:
         name = _module_name(node)
         grid = self._grid(node.args[0], name)  # type: ignore[arg-type]
         source = self.env[node.args[0]]  # type: ignore[index]
-        if isinstance(module, nn.MaxPool2d):
-            self.env[node] = self._emit(name, IntMaxPool2d(module), source)
+        if isinstance(module, (nn.MaxPool2d, FractionalMaxPool)):
+            kind = IntMaxPool2d if isinstance(module, nn.MaxPool2d) else IntFractionalMaxPool
+            self.env[node] = self._emit(name, kind(module), source)
             self.grids[node] = grid
             return
         assert isinstance(module, nn.AvgPool2d)
@@ -461,7 +473,7 @@ class _Builder:
             if module.op != "Sum":
                 raise RunError(f"{name}: ElemWise {module.op} has no integer form (Sum only)")
             self.add(node, name, module.weights, module.shifts)
-        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
+        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, FractionalMaxPool)):
             self.pool(node, module)
         elif isinstance(module, PASS_THROUGH) or (isinstance(module, Softmax) and module.with_loss):
             self.passthrough(node)

@@ -27,6 +27,7 @@ from torch.nn import functional as F
 from qatrun.errors import RunError
 from qatrun.fuse.integerize import Grid
 from qatrun.fuse.scaling import Requant, requantize
+from qatrun.net.fmp import FractionalMaxPool, pool_regions
 
 EXACT_LIMIT = 2.0**53
 INPUT_TOLERANCE = 1e-3  # |x * 255 - p| allowed for an input read as p / 255 in float32
@@ -277,6 +278,22 @@ class IntMaxPool2d(nn.Module):
     def describe(self) -> str:
         """``max``."""
         return "max"
+
+
+class IntFractionalMaxPool(nn.Module):
+    """Fractional max-pooling of integer levels over the fixed regions of the FMP cell (exact, as max-pooling)."""
+
+    def __init__(self, pool: FractionalMaxPool) -> None:
+        super().__init__()
+        self.register_buffer("rows", pool.rows.clone())
+        self.register_buffer("cols", pool.cols.clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return pool_regions(x.double(), self.rows, self.cols).to(x.dtype)
+
+    def describe(self) -> str:
+        """``fractional max``."""
+        return "fractional max"
 
 
 class IntAdd(nn.Module):

@@ -35,7 +35,7 @@ from qatrun.errors import ConfigError, Location, did_you_mean
 from qatrun.ini import Key
 from qatrun.net import layers
 # Their cell types register on import (onnx_import: Type=ONNX, a type that writes a sub-network).
-from qatrun.net import basic, batchnorm, conv, elemwise, fc, normalize, onnx_import, pool  # noqa: F401
+from qatrun.net import basic, batchnorm, conv, elemwise, fc, fmp, normalize, onnx_import, pool  # noqa: F401
 from qatrun.net.activations import ACTIVATION, ACTIVATION_KEYS, read_activation
 from qatrun.net.builder import SOURCES, Cell, GraphBuilder, Value, activation_name, module_name
 from qatrun.net.cells import (

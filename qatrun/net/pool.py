@@ -23,7 +23,8 @@ POOLING = Key(
 POOL_KEYS = (NB_OUTPUTS, *POOL.keys, *STRIDE.keys, *PADDING.keys, POOLING, *mapping.MAPPING_KEYS.values())
 
 
-def _check_channel_wise(ctx: Context, outputs: int) -> None:
+def check_channel_wise(ctx: Context, outputs: int) -> None:
+    """Raises the error of a mapping that is not one channel per output (Pool and FMP pool channel-wise)."""
     links = mapping.connectivity(ctx.section, [(s.name, s.shape[0]) for s in ctx.sources], outputs)
     if outputs == ctx.shape[0] and links.groups == outputs:  # the identity: O groups of one channel
         return
@@ -49,7 +50,7 @@ def build_pool(ctx: Context) -> Built:
     outputs = ctx.nb_outputs()
     window, stride, pad = read_pair(ctx.section, POOL), read_pair(ctx.section, STRIDE), read_pair(ctx.section, PADDING)
     pooling = ctx.read(POOLING)
-    _check_channel_wise(ctx, outputs)
+    check_channel_wise(ctx, outputs)
     if min(pad.h, pad.w) < 0 or 2 * pad.h > window.h or 2 * pad.w > window.w:
         raise ctx.error(pad.key, f"expected a padding between 0 and half the window ({window.w} x {window.h})")
     _, height, width = ctx.shape
