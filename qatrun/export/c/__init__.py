@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, fx
 
 from qatrun.errors import RunError
-from qatrun.export.c.emit import Emitter
+from qatrun.export.c.emit import ROM_PARTS, Emitter
 from qatrun.export.c.lower import SIZES, Lowered, lower, node_values, pack_layer, unpack
 from qatrun.export.c.memory import check_plan, draw, map_lines, plan
 from qatrun.export.c.templates import HARNESS_C, RESCALE_H, makefile
@@ -113,7 +113,8 @@ class CExportReport:
         folder: the export folder.
         mode: the rescaling mode(s) of the network.
         rom: bytes of ``const`` data: ``weights`` (packed), ``biases``, ``rescale`` (scales, multipliers,
-            shifts, offsets), ``total``; ``float32_weights``: the same parameters at float32.
+            shifts, offsets), ``tables`` (the region indices of fractional max-pooling), ``total``;
+            ``float32_weights``: the same parameters at float32.
         ram: bytes: ``arena`` (activations), ``input``, ``output``, ``stack`` (the largest layer's
             temporaries), ``total``; ``activations_float32``: every activation at float32, summed.
         layers: per step: name, kind, output shape and type, weight bits, bytes.
@@ -143,9 +144,10 @@ class CExportReport:
 
     def summary(self) -> str:
         rom, ram = self.rom, self.ram
+        tables = f", region tables {rom['tables']}" if rom.get("tables") else ""
         lines = [
             f"C export '{self.folder}' ({self.mode}): ROM {rom['total']} bytes (weights {rom['weights']}, biases "
-            f"{rom['biases']}, rescale {rom['rescale']}; float32 weights {rom['float32_weights']}), RAM "
+            f"{rom['biases']}, rescale {rom['rescale']}{tables}; float32 weights {rom['float32_weights']}), RAM "
             f"{ram['total']} bytes (arena {ram['arena']}, input {ram['input']}, output {ram['output']}, stack "
             f"{ram['stack']}; activations at float32 {ram['activations_float32']})",
         ]
@@ -186,7 +188,7 @@ def _modes(int_gm: fx.GraphModule) -> str:
 def _layer_rows(low: Lowered, rom: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
     rows = []
     for step in low.steps:
-        entry = rom.get(step.name, {"weights": 0, "biases": 0, "rescale": 0})
+        entry = rom.get(step.name, dict.fromkeys(ROM_PARTS, 0))
         rows.append({"name": step.name + (f" + {step.checked[-1].name}" if step.pool else ""), "kind": step.kind,
                      "output": "x".join(map(str, step.output.shape)), "type": step.output.ctype,
                      "weight_bits": step.packed.bits if step.packed is not None else None,
@@ -232,7 +234,7 @@ def write_export(int_gm: fx.GraphModule, folder: Path, sample: Tensor, title: st
         raise RunError(f"cannot write the C export into '{folder}': {e.strerror}") from None
     draw(low, arena, folder / "memory_map.png", title)
     layer_rom = emitter.rom
-    rom = {part: sum(entry[part] for entry in layer_rom.values()) for part in ("weights", "biases", "rescale")}
+    rom = {part: sum(entry[part] for entry in layer_rom.values()) for part in ROM_PARTS}
     rom["total"] = sum(rom.values())
     rom["float32_weights"] = _float32_weights(low)
     ram = {"arena": arena, "input": low.input.nbytes, "output": low.output.nbytes,

@@ -33,6 +33,10 @@ def cname(name: str) -> str:
     return ident if not ident[:1].isdigit() else f"_{ident}"
 
 
+ROM_PARTS = ("weights", "biases", "rescale", "tables")
+"""What a layer's ``const`` data hold: packed weights, biases, rescale constants, region index tables (FMP)."""
+
+
 def _array(ctype: str, name: str, values: np.ndarray, per_line: int = 24) -> str:
     flat = [str(int(v)) if ctype not in ("double", "float") else _float(float(v), ctype) for v in values.reshape(-1)]
     if not flat:
@@ -77,7 +81,7 @@ class Emitter:
     def _const(self, step: Step, part: str, ctype: str, suffix: str, values: np.ndarray) -> str:
         name = f"{cname(step.name)}_{suffix}"
         self.consts.append(_array(ctype, name, values))
-        entry = self.rom.setdefault(step.name, {"weights": 0, "biases": 0, "rescale": 0})
+        entry = self.rom.setdefault(step.name, dict.fromkeys(ROM_PARTS, 0))
         entry[part] += int(values.size) * SIZES.get(ctype, 1)
         return name
 
@@ -470,6 +474,36 @@ class Emitter:
 }}
 """
 
+    def fractional_pool(self, step: Step) -> str:
+        """The largest level over each fixed region: tables of the rows and columns every output reads."""
+        x, y = step.inputs[0], step.output
+        rows, cols = step.module.rows.numpy(), step.module.cols.numpy()
+        c, h, w = x.shape
+        _, oh, ow = y.shape
+        rows_name = self._const(step, "tables", "uint16_t", "rows", rows.reshape(-1))
+        cols_name = self._const(step, "tables", "uint16_t", "cols", cols.reshape(-1))
+        return f"""static void {self.fname(step)}(const {x.ctype} *x, {y.ctype} *y)
+{{
+    const uint16_t *rows = {rows_name}, *cols = {cols_name};
+    int32_t ch, oy, ox, ky, kx;
+    for (ch = 0; ch < {c}; ++ch) {{
+        for (oy = 0; oy < {oh}; ++oy) {{
+            for (ox = 0; ox < {ow}; ++ox) {{
+                {y.ctype} best = x[((int32_t)ch * {h} + rows[oy * {rows.shape[1]}]) * {w} + cols[ox * {cols.shape[1]}]];
+                for (ky = 0; ky < {rows.shape[1]}; ++ky) {{
+                    const int32_t iy = rows[oy * {rows.shape[1]} + ky];
+                    for (kx = 0; kx < {cols.shape[1]}; ++kx) {{
+                        const {x.ctype} v = x[((int32_t)ch * {h} + iy) * {w} + cols[ox * {cols.shape[1]} + kx]];
+                        if (v > best) best = v;
+                    }}
+                }}
+                y[((int32_t)ch * {oh} + oy) * {ow} + ox] = best;
+            }}
+        }}
+    }}
+}}
+"""
+
     def fname(self, step: Step) -> str:
         return f"step{self.low.steps.index(step)}_{cname(step.name)}"
 
@@ -481,6 +515,8 @@ class Emitter:
             return self.fc(step, x.count, step.output.count)
         if step.kind == "add":
             return self.add(step)
+        if step.kind == "fmp":
+            return self.fractional_pool(step)
         return self.pool(step, step.kind == "avgpool")
 
     # ------------------------------------------------------------------------------------- files

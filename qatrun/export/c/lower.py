@@ -29,7 +29,16 @@ from torch import Tensor, fx, nn
 
 from qatrun.errors import RunError
 from qatrun.export.onnx_graph import record_shapes
-from qatrun.fuse.intnet import IntAdd, IntAvgPool2d, IntConv2d, IntInput, IntLinear, IntMaxPool2d, Rescale
+from qatrun.fuse.intnet import (
+    IntAdd,
+    IntAvgPool2d,
+    IntConv2d,
+    IntFractionalMaxPool,
+    IntInput,
+    IntLinear,
+    IntMaxPool2d,
+    Rescale,
+)
 from qatrun.fuse.scaling import Requant
 from qatrun.net.layers import Reshape
 
@@ -37,7 +46,7 @@ SHAPE_METHODS = {"flatten", "view", "reshape", "squeeze", "unsqueeze", "contiguo
 INT32_LIMIT = 2**31
 CTYPES = (("uint8_t", 0, 255, 1), ("int8_t", -128, 127, 1), ("int16_t", -(2**15), 2**15 - 1, 2),
           ("int32_t", -(2**31), 2**31 - 1, 4))
-SIZES = {"uint8_t": 1, "int8_t": 1, "int16_t": 2, "int32_t": 4, "int64_t": 8, "double": 8, "float": 4}
+SIZES = {"uint8_t": 1, "int8_t": 1, "uint16_t": 2, "int16_t": 2, "int32_t": 4, "int64_t": 8, "double": 8, "float": 4}
 
 
 def ctype_of(lo: int, hi: int) -> str:
@@ -184,11 +193,12 @@ class Step:
     """One C function of the network.
 
     Attributes:
-        kind: ``conv``, ``fc``, ``add``, ``maxpool``, ``avgpool``.
+        kind: ``conv``, ``fc``, ``add``, ``maxpool``, ``avgpool``, ``fmp`` (fractional max-pooling).
         name: the layer name (the fx target of the accumulating module, or of the pool).
         inputs: the tensors read.
         output: the tensor written.
-        module: the integer module (IntConv2d, IntLinear, IntAdd, IntMaxPool2d, IntAvgPool2d).
+        module: the integer module (IntConv2d, IntLinear, IntAdd, IntMaxPool2d, IntAvgPool2d,
+            IntFractionalMaxPool).
         requant: the rescale (accumulating layers).
         pool: the fused max-pooling window (equal to its stride), 0 for none.
         packed: the packed weights.
@@ -347,10 +357,10 @@ class Lowerer:
             return set()
         if isinstance(m, (IntConv2d, IntLinear, IntAdd)):
             return self.accumulating(node, m, name)
-        if isinstance(m, IntMaxPool2d):
+        if isinstance(m, (IntMaxPool2d, IntFractionalMaxPool)):
             x = self._levels(node.args[0], name)
             out = self._tensor(node, x.ctype, x.lo, x.hi)
-            self._step(Step("maxpool", name, [x], out, m, checked=[node]))
+            self._step(Step("maxpool" if isinstance(m, IntMaxPool2d) else "fmp", name, [x], out, m, checked=[node]))
             self.env[node] = out
             return set()
         if isinstance(m, IntAvgPool2d):
