@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -924,6 +925,120 @@ class Gtsrb(Database):
         return Stimuli(labels, self._partition(n_train, len(files), seed), names, folder, files=files)
 
 
+CSV_SEPARATORS = re.compile(r"[,;\t ]+")
+
+
+@dataclass(frozen=True)
+class Csv(Database):
+    """``CSV_Database``: one stimulus per line of a text file, its values separated by commas, semicolons,
+    tabs or spaces, one column holding the label (``LabelColumn``, -1 the last, as N2D2's default).
+
+    A stimulus of ``F`` values is a 1 x 1 x F float32 input (``[sp] SizeX=F``, ``SizeY=1``, ``NbChannels=1``),
+    taken as written: no 8-bit scaling applies to it. Labels are numbered in sorted order (numeric order
+    when every label is a number; ``label_names`` gives them back). The first ``NbHeaderLines`` lines and
+    blank lines are skipped. ``Learn`` / ``Validation`` / ``Test`` are fractions of all the lines (``Test``
+    by default what is left), drawn at random with ``RandomPartitioning=1``. A value that is no finite
+    number, or a line with another number of columns, is an error naming the line.
+    """
+
+    type_name: ClassVar[str] = "CSV_Database"
+    default_subdir: ClassVar[str] = ""
+    keys: ClassVar[tuple[Key, ...]] = (
+        Key("Learn", "float", 1.0, "fraction of the lines for Learn"),
+        VALIDATION,
+        Key("Test", "float", -1.0, "fraction for Test (default 1 - Learn - Validation)"),
+        Key("LabelColumn", "int", -1, "the column of the label (0-based; negative counts from the end)"),
+        Key("NbHeaderLines", "int", 0, "lines skipped at the top of the file"),
+    )
+
+    @classmethod
+    def from_section(cls, section: Section) -> Database:
+        if not section.has("DataPath"):
+            raise section.error("DataPath", "required key is missing (the CSV file; CSV_Database has no default)")
+        return super().from_section(section)
+
+    @property
+    def fractions(self) -> tuple[float, float, float]:
+        """Learn, Validation, Test (default ``1 - Learn - Validation``)."""
+        learn, validation, test = (self.settings[key] for key in ("Learn", "Validation", "Test"))
+        return learn, validation, (max(0.0, 1.0 - learn - validation) if test < 0 else test)
+
+    def validate(self, section: Section) -> None:
+        for key in ("Learn", "Validation", "Test"):
+            if key != "Test" or self.settings[key] != -1.0:
+                self._check_fraction(section, key, self.settings[key])
+        if sum(self.fractions) > 1.0 + 1e-9 or self.settings["Learn"] + self.settings["Validation"] > 1.0 + 1e-9:
+            raise section.error("Learn", f"Learn + Validation + Test = {sum(self.fractions):g} exceeds 1")
+        if self.settings["NbHeaderLines"] < 0:
+            raise section.error("NbHeaderLines", f"expected 0 or more, found {self.settings['NbHeaderLines']}")
+
+    def required(self, folder: Path) -> list[Path] | None:
+        return [folder] if folder.is_file() else None
+
+    def wanted(self) -> str:
+        return "a CSV file (one stimulus per line)"
+
+    def how_to_get(self) -> str:
+        return "Set DataPath in [database] to the file."
+
+    def read(self) -> tuple[Path, torch.Tensor, torch.Tensor, list[str]]:
+        """The file, its (N, 1, 1, F) values, labels and label names."""
+        path, _ = self.locate()
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"cannot read the CSV file: {getattr(exc, 'strerror', None) or exc}",
+                            Location(str(path))) from None
+        column, rows, names = self.settings["LabelColumn"], [], []
+        for number, line in enumerate(lines, 1):
+            if number <= self.settings["NbHeaderLines"] or not line.strip():
+                continue
+            fields = CSV_SEPARATORS.split(line.strip())
+            where = Location(str(path), number)
+            if rows and len(fields) != len(rows[0]) + 1:
+                raise DataError(f"{len(fields)} columns, where the lines above have {len(rows[0]) + 1}", where)
+            if not -len(fields) <= column < len(fields) or len(fields) < 2:
+                raise DataError(f"LabelColumn={column} needs a line of at least 2 columns with that column, "
+                                f"found {len(fields)}", where)
+            names.append(fields.pop(column))
+            try:
+                values = [float(v) for v in fields]
+            except ValueError:
+                bad = next(v for v in fields if not _is_number(v))
+                raise DataError(f"{bad!r} is not a number (the label is column {column})", where) from None
+            if not all(math.isfinite(v) for v in values):
+                raise DataError("a value is not finite (nan or inf)", where)
+            rows.append(values)
+        if not rows:
+            raise DataError("the CSV file holds no stimulus", Location(str(path)))
+        numeric = all(_is_number(name) for name in names)
+        label_names = sorted(set(names), key=float if numeric else None)
+        index = {name: k for k, name in enumerate(label_names)}
+        labels = torch.tensor([index[name] for name in names], dtype=torch.int64)
+        return path, torch.tensor(rows, dtype=torch.float32)[:, None, None, :], labels, label_names
+
+    def _partition(self, n: int, seed: int) -> dict[str, torch.Tensor]:
+        complete = abs(sum(self.fractions) - 1.0) < 1e-9
+        parts = split(torch.arange(n), self.fractions, self.generator(seed), 2 if complete else None)
+        return dict(zip(PARTITIONS, parts))
+
+    def partition(self, found: tuple[Path, list[Path]], seed: int) -> dict[str, torch.Tensor]:
+        _, values, _, _ = self.read()
+        return self._partition(len(values), seed)
+
+    def load(self, seed: int) -> Stimuli:
+        path, values, labels, label_names = self.read()
+        return Stimuli(labels, self._partition(len(values), seed), label_names, path, images=values)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class NoDatabase(Database):
     """No data set: a ``[database]`` without ``Type`` (N2D2's empty ``Database``, whose classes are the
@@ -978,7 +1093,8 @@ RATE_BASED = "qatrun trains rate-based classifiers"
 
 DATABASES: dict[str, type[Database]] = {
     cls.type_name: cls
-    for cls in (MnistIdx, FashionMnistIdx, Cifar10, Cifar100, Ilsvrc2012, Directory, Gtsrb, Caltech101, Caltech256)
+    for cls in (MnistIdx, FashionMnistIdx, Cifar10, Cifar100, Ilsvrc2012, Directory, Gtsrb, Caltech101, Caltech256,
+                Csv)
 }
 """Registry: the ``[database] Type=`` value -> the driver."""
 

@@ -196,3 +196,80 @@ def test_transformation_errors(body: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         DataSpec.from_doc(doc(base + body))
     assert str(info.value) == message
+
+
+def write_csv(path: Path, rows: list[tuple[list[float], str]], header: str = "", sep: str = ",") -> None:
+    lines = [header] if header else []
+    lines += [sep.join([*(repr(v) for v in values), label]) for values, label in rows]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def csv_ini(path: Path, extra: str = "", size: int = 3) -> str:
+    return (f"[database]\nType=CSV_Database\nDataPath={path}\n{extra}"
+            f"[sp]\nSizeX={size}\nSizeY=1\nBatchSize=4\n")
+
+
+def test_csv_values_labels_and_partitions_against_the_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    rows = [([float(v) for v in rng.normal(size=3).round(4)], str(label)) for label in rng.choice([2, 10, 7], 40)]
+    write_csv(tmp_path / "d.csv", rows, header="a,b,c,class")
+    spec = DataSpec.from_doc(doc(csv_ini(tmp_path / "d.csv", "NbHeaderLines=1\nLearn=0.5\nValidation=0.25\n")))
+    provider = spec.open(5)
+    assert provider.labels == ["2", "7", "10"]  # numeric labels in numeric order
+    assert [provider.size(p) for p in ("Learn", "Validation", "Test")] == [20, 10, 10]
+    seen: list[tuple[tuple[float, ...], int]] = []
+    for part in ("Learn", "Validation", "Test"):
+        for x, y in provider.loader(part, shuffle=False):
+            assert x.dtype == torch.float32 and x.shape[1:] == (1, 1, 3)  # as written: no 8-bit scaling
+            seen += [(tuple(v.tolist()), int(t)) for v, t in zip(x[:, 0, 0], y)]
+    expected = [(tuple(float(np.float32(v)) for v in values), ["2", "7", "10"].index(label)) for values, label in rows]
+    assert sorted(seen) == sorted(expected)  # every line once, with its label
+
+
+def test_csv_label_column_separators_and_names(tmp_path: Path) -> None:
+    text = "cat 1.5 2\n\ndog;3;4\nbird\t5 6\n"  # label first, spaces, semicolons, tabs, a blank line
+    (tmp_path / "d.csv").write_text(text)
+    spec = DataSpec.from_doc(doc(csv_ini(tmp_path / "d.csv", "LabelColumn=0\nLearn=1\n", size=2)))
+    provider = spec.open(0)
+    assert provider.labels == ["bird", "cat", "dog"]
+    x, y = next(iter(provider.loader("Learn", shuffle=False)))
+    assert x[:, 0, 0].tolist() == [[1.5, 2.0], [3.0, 4.0], [5.0, 6.0]] and y.tolist() == [1, 2, 0]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("1,2,3,a\n1,2,b\n", "d.csv:2: 3 columns, where the lines above have 4"),
+    ("1,2,3,a\n1,x,3,b\n", "d.csv:2: 'x' is not a number (the label is column -1)"),
+    ("1,2,3,a\n1,inf,3,b\n", "d.csv:2: a value is not finite (nan or inf)"),
+    ("\n\n", "d.csv: the CSV file holds no stimulus"),
+])
+def test_csv_bad_lines_name_the_line(tmp_path: Path, content: str, message: str) -> None:
+    (tmp_path / "d.csv").write_text(content)
+    with pytest.raises(DataError) as info:
+        DataSpec.from_doc(doc(csv_ini(tmp_path / "d.csv"))).open(0)
+    assert str(info.value) == f"{tmp_path}/{message}"
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ("", None),
+    ("Learn=0.8\nValidation=0.5\n", "t.ini:4: [database] Learn: Learn + Validation + Test = 1.3 exceeds 1"),
+    ("NbHeaderLines=-1\n", "t.ini:4: [database] NbHeaderLines: expected 0 or more, found -1"),
+])
+def test_csv_keys(tmp_path: Path, extra: str, message: str | None) -> None:
+    write_csv(tmp_path / "d.csv", [([1.0, 2.0, 3.0], "a")] * 4)
+    if message is None:
+        assert DataSpec.from_doc(doc(csv_ini(tmp_path / "d.csv", extra))).open(0).size("Learn") == 4  # Learn=1
+        return
+    with pytest.raises(ConfigError) as info:
+        DataSpec.from_doc(doc(csv_ini(tmp_path / "d.csv", extra)))
+    assert str(info.value) == message
+
+
+def test_csv_needs_its_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        DataSpec.from_doc(doc("[database]\nType=CSV_Database\n[sp]\nSizeX=3\nSizeY=1\n"))
+    assert str(info.value) == ("t.ini:1: [database] DataPath: required key is missing (the CSV file; CSV_Database "
+                               "has no default)")
+    spec = DataSpec.from_doc(doc(csv_ini(tmp_path / "absent.csv")))
+    with pytest.raises(DataError) as data_error:
+        spec.open(0)
+    assert "data set not found: looked for a CSV file (one stimulus per line) in" in str(data_error.value)

@@ -380,8 +380,83 @@ WithLoss=1
 [softmax.Target]
 """
 
-SHAPES = {"lenet": (1, 32, 32), "residual": (3, 16, 16), "lsq": (1, 12, 12), "minmax": (1, 10, 10)}
-TEXTS = {"lenet": LENET_SAT, "residual": RESIDUAL_SAT, "lsq": LSQ, "minmax": MINMAX}
+# Fractional max-pooling (N2D2's FMP cell): overlapping pseudo-random regions on unsigned SAT levels, then
+# disjoint regions of a random order on the levels of a BatchNorm's quantizer; the first FMP reads a Conv
+# whose levels are also the second Conv's input, the second an odd-sized map (15 x 15 -> 10 x 10).
+FMP = """
+[env]
+SizeX=17
+SizeY=17
+BatchSize=8
+
+[conv1]
+Input=env
+Type=Conv
+KernelDims=3 3
+NbOutputs=4
+ActivationFunction=Linear
+QWeight=SAT
+QWeight.Range=255
+QAct=SAT
+QAct.Range=15
+
+[fmp1]
+Input=conv1
+Type=FMP
+NbOutputs=4
+ScalingRatio=1.25
+Mapping.Size=1
+
+[conv2]
+Input=fmp1
+Type=Conv
+KernelDims=3 3
+Padding=1
+NbOutputs=6
+ActivationFunction=Linear
+QWeight=SAT
+QWeight.Range=15
+
+[bn2]
+Input=conv2
+Type=BatchNorm
+NbOutputs=6
+ActivationFunction=Linear
+QAct=SAT
+QAct.Range=15
+
+[fmp2]
+Input=bn2
+Type=FMP
+NbOutputs=6
+ScalingRatio=1.5
+Mapping.ChannelsPerGroup=1
+ConfigSection=fmp2.config
+
+[fmp2.config]
+Overlapping=0
+PseudoRandom=0
+
+[fc]
+Input=fmp2
+Type=Fc
+NbOutputs=10
+ActivationFunction=Linear
+QWeight=SAT
+QWeight.Range=255
+QWeight.ApplyScaling=1
+
+[softmax]
+Input=fc
+Type=Softmax
+NbOutputs=10
+WithLoss=1
+
+[softmax.Target]
+"""
+
+SHAPES = {"lenet": (1, 32, 32), "residual": (3, 16, 16), "lsq": (1, 12, 12), "minmax": (1, 10, 10), "fmp": (1, 17, 17)}
+TEXTS = {"lenet": LENET_SAT, "residual": RESIDUAL_SAT, "lsq": LSQ, "minmax": MINMAX, "fmp": FMP}
 
 
 def images(shape: tuple[int, int, int], count: int, seed: int) -> Tensor:

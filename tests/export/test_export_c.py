@@ -126,7 +126,8 @@ def predicted(int_gm: torch.fx.GraphModule, x: torch.Tensor) -> torch.Tensor:
 
 @needs_cc
 @pytest.mark.parametrize(("kind", "mode"), [("lenet", "Floating-point"), ("residual", "Fixed-point16"),
-                                            ("minmax", "Double-shift"), ("depthwise", "Floating-point32")])
+                                            ("minmax", "Double-shift"), ("depthwise", "Floating-point32"),
+                                            ("fmp", "Fixed-point16")])
 def test_compiled_export_equals_the_integer_network(kind: str, mode: str, tmp_path: Path) -> None:
     int_gm = integer(kind, mode)
     x = nets.images(nets.SHAPES[kind], 24, seed=21)
@@ -138,7 +139,8 @@ def test_compiled_export_equals_the_integer_network(kind: str, mode: str, tmp_pa
     for name in ("qatrun_network.h", "qatrun_network.c", "qatrun_rescale.h", "qatrun_test.c", "Makefile",
                  "test_data.bin", "memory_map.txt", "memory_map.png", "export_report.json"):
         assert (tmp_path / "c" / name).is_file(), name
-    assert report.rom["total"] == report.rom["weights"] + report.rom["biases"] + report.rom["rescale"]
+    assert report.rom["total"] == sum(report.rom[part] for part in ("weights", "biases", "rescale", "tables"))
+    assert (report.rom["tables"] > 0) == (kind == "fmp")
     assert report.ram["arena"] < report.ram["activations_float32"]
 
 

@@ -18,7 +18,7 @@ from qatrun.export.runtime import OnnxRunner
 from qatrun.quant import QuantizedActivation, QuantizedWeightLayer
 
 
-@pytest.mark.parametrize("kind", ["lenet", "residual"])
+@pytest.mark.parametrize("kind", ["lenet", "residual", "fmp"])
 def test_matches_float_network(kind: str, tmp_path: Path) -> None:
     gm = nets.network(kind)
     x = nets.images(nets.SHAPES[kind], 32, seed=31)
@@ -43,7 +43,7 @@ def test_float_network_has_no_quantizer() -> None:
     assert floats.get_submodule("conv1").weight is not gm.get_submodule("conv1").weight
 
 
-@pytest.mark.parametrize("kind", ["lenet", "residual", "minmax"])
+@pytest.mark.parametrize("kind", ["lenet", "residual", "minmax", "fmp"])
 def test_writer_fallback(kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """When torch's exporter fails, qatrun's own writer writes the same float network."""
 

