@@ -1091,6 +1091,19 @@ OUT_OF_SCOPE_DATABASES: dict[str, str] = {
 }
 RATE_BASED = "qatrun trains rate-based classifiers"
 
+# Drivers N2D2 has for classification data whose own layouts qatrun does not read: what to convert them to.
+UNREAD_DATABASES: dict[str, tuple[str, str]] = {
+    "CKP_Database": ("the Cohn-Kanade (CK+) facial expression sequences",
+                     "put each labelled image in a sub-folder named after its expression and read the folder "
+                     "with Type=DIR_Database"),
+    "LITISRouen_Database": ("the LITIS Rouen audio scene spectrograms",
+                            "save each spectrogram as an image in a sub-folder named after its scene and read "
+                            "the folder with Type=DIR_Database"),
+    "Actitracker_Database": ("the Actitracker accelerometer recordings",
+                             "write each window of samples as one line of a CSV file, its activity last, and "
+                             "read it with Type=CSV_Database"),
+}
+
 DATABASES: dict[str, type[Database]] = {
     cls.type_name: cls
     for cls in (MnistIdx, FashionMnistIdx, Cifar10, Cifar100, Ilsvrc2012, Directory, Gtsrb, Caltech101, Caltech256,
@@ -1111,6 +1124,9 @@ def database_from_section(section: Section) -> Database:
     kind = section.read(TYPE)
     if kind in OUT_OF_SCOPE_DATABASES:
         raise section.error("Type", f"{kind} holds {OUT_OF_SCOPE_DATABASES[kind]}; {RATE_BASED}")
+    if kind in UNREAD_DATABASES:
+        what, fix = UNREAD_DATABASES[kind]
+        raise section.error("Type", f"qatrun does not read {kind} ({what}) in its own layout: {fix}")
     cls = DATABASES.get(kind)
     if cls is None:
         raise section.error("Type", f'unknown database "{kind}"; qatrun implements: {", ".join(DATABASES)}')

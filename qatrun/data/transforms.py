@@ -1046,6 +1046,13 @@ class RandomAffine(Transformation):
         return (y * 255.0).round().to(torch.uint8) if eight_bit else y.to(x.dtype)
 
 
+# N2D2's other image transformations (signal processing, morphology, noise): refused by name, saying what to do.
+UNIMPLEMENTED_TRANSFORMATIONS = tuple(f"{name}Transformation" for name in (
+    "Apodization", "CentroidCrop", "CompressionNoise", "DCT", "DFT", "Filter", "GradientFilter", "MagnitudePhase",
+    "MorphologicalReconstruction", "Morphology", "RangeClipping", "Reshape", "StripeRemove", "Threshold", "Trim",
+    "WallisFilter",
+))
+
 # Transformations of N2D2's segmentation labels: refused by name, saying why.
 LABEL_TRANSFORMATIONS = ("LabelExtractionTransformation", "LabelFilterTransformation",
                          "LabelSliceExtractionTransformation", "ExpandLabelTransformation")
@@ -1171,6 +1178,9 @@ def transformation_from_section(section: Section) -> tuple[Transformation, str]:
     if kind in LABEL_TRANSFORMATIONS:
         raise section.error("Type", f"{kind} transforms the pixel-wise labels of N2D2's segmentation; qatrun trains "
                             "rate-based classifiers")
+    if kind in UNIMPLEMENTED_TRANSFORMATIONS:
+        raise section.error("Type", f"{kind} is an N2D2 transformation qatrun does not implement: apply it to the "
+                            "images beforehand (and read them with DIR_Database), or remove this section")
     cls = TRANSFORMATIONS.get(kind)
     if cls is None:
         raise section.error("Type", f'unknown transformation "{kind}"; qatrun implements: {", ".join(TRANSFORMATIONS)}')

@@ -69,8 +69,16 @@ OUT_OF_SCOPE_TYPES: dict[str, str] = {
     "LSTM": "a recurrent layer (N2D2's LSTM, for sequences)",
     "Distance": "a distance-to-centroids layer (N2D2's Distance cell, for metric learning)",
     "Unpool": "the max-unpooling of N2D2's encoder-decoder (segmentation) networks",
+    "Threshold": "the thresholding of N2D2's segmentation outputs into binary maps (it has no gradient)",
 }
 """N2D2 cell types for what qatrun does not do, with what they are."""
+
+NOT_BUILT_TYPES: dict[str, str] = {
+    "Transformation": "a stimuli transformation run inside the network: qatrun applies transformations to the "
+                      "stimuli only; move it to a [sp.Transformation-N] section (its Transformation= value as "
+                      "Type=, with the same keys)",
+}
+"""N2D2 cell types qatrun does not build, with what to write instead."""
 
 SPIKING_PARAMETERS = frozenset({
     "Threshold", "BipolarThreshold", "Leak", "Refractory", "TerminateDelta", "ThresholdMin", "ThresholdMax",

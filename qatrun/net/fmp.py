@@ -37,7 +37,7 @@ from qatrun.ini import REQUIRED, Key
 from qatrun.net import mapping, pool
 from qatrun.net.cells import NB_OUTPUTS, Built, CellType, Context, register
 
-SCALING_RATIO = Key("ScalingRatio", "float", REQUIRED, "the factor by which each side shrinks (>= 1, may be fractional)")
+SCALING_RATIO = Key("ScalingRatio", "float", REQUIRED, "the factor each side shrinks by (>= 1, may be fractional)")
 FMP_PARAMS = (
     Key("Overlapping", "bool", True, "neighbouring pooling regions share their edge row and column"),
     Key("PseudoRandom", "bool", True, "pseudo-random region boundaries (else a random order of region sizes)"),

@@ -44,6 +44,7 @@ from qatrun.net.cells import (
     DATA_TYPE,
     INPUT,
     MODEL,
+    NOT_BUILT_TYPES,
     OUT_OF_SCOPE_TYPES,
     RATE_BASED,
     SPIKING,
@@ -254,6 +255,8 @@ def _cell_type(section: Section) -> CellType:
     name = section.read(TYPE)
     if name in OUT_OF_SCOPE_TYPES:
         raise section.error(TYPE.name, f"{name} is {OUT_OF_SCOPE_TYPES[name]}; {RATE_BASED}")
+    if name in NOT_BUILT_TYPES:
+        raise section.error(TYPE.name, f"qatrun does not build a {name} cell, {NOT_BUILT_TYPES[name]}")
     found = CELL_TYPES.get(name)
     if found is None:
         generators = cell_generators()  # N2D2's word: the types that build one cell

@@ -366,7 +366,44 @@ REFUSED = [
      "[database] Type: KITTI_Object_Database holds object detection data; " + RATE),
     ("kitti-road", "[database]\nType=KITTI_Road_Database\n[sp]\nSizeX=28\nSizeY=28\n", 2,
      "[database] Type: KITTI_Road_Database holds road segmentation data; " + RATE),
+    ("threshold-cell", MNIST_SP + CONV + "[t]\nInput=conv1\nType=Threshold\nNbOutputs=4\n[t.Target]\n", 13,
+     "[t] Type: Threshold is the thresholding of N2D2's segmentation outputs into binary maps (it has no "
+     "gradient); " + RATE),
 ]
+
+# N2D2 constructs qatrun does not take, each refused with what to write instead.
+CONVERT = [
+    ("ckp", "[database]\nType=CKP_Database\n[sp]\nSizeX=28\nSizeY=28\n", 2,
+     "[database] Type: qatrun does not read CKP_Database (the Cohn-Kanade (CK+) facial expression sequences) in "
+     "its own layout: put each labelled image in a sub-folder named after its expression and read the folder "
+     "with Type=DIR_Database"),
+    ("litis-rouen", "[database]\nType=LITISRouen_Database\n[sp]\nSizeX=28\nSizeY=28\n", 2,
+     "[database] Type: qatrun does not read LITISRouen_Database (the LITIS Rouen audio scene spectrograms) in "
+     "its own layout: save each spectrogram as an image in a sub-folder named after its scene and read the "
+     "folder with Type=DIR_Database"),
+    ("actitracker", "[database]\nType=Actitracker_Database\n[sp]\nSizeX=28\nSizeY=28\n", 2,
+     "[database] Type: qatrun does not read Actitracker_Database (the Actitracker accelerometer recordings) in "
+     "its own layout: write each window of samples as one line of a CSV file, its activity last, and read it "
+     "with Type=CSV_Database"),
+    ("transformation-cell", MNIST_SP + "[dft]\nInput=sp\nType=Transformation\nNbOutputs=1\n"
+     "Transformation=DFTTransformation\n[dft.Target]\n", 8,
+     "[dft] Type: qatrun does not build a Transformation cell, a stimuli transformation run inside the network: "
+     "qatrun applies transformations to the stimuli only; move it to a [sp.Transformation-N] section (its "
+     "Transformation= value as Type=, with the same keys)"),
+    ("wallis", MNIST_SP + "[sp.Transformation-1]\nType=WallisFilterTransformation\nSize=5\n" + CONV
+     + "[conv1.Target]\n", 7,
+     "[sp.Transformation-1] Type: WallisFilterTransformation is an N2D2 transformation qatrun does not implement: "
+     "apply it to the images beforehand (and read them with DIR_Database), or remove this section"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "message"), [pytest.param(*c[1:], id=c[0]) for c in CONVERT])
+def test_constructs_qatrun_does_not_take_say_what_to_write(tmp_path: Path, text: str, line: int,
+                                                           message: str) -> None:
+    ini = write(tmp_path, text)
+    with pytest.raises(QatrunError) as info:
+        qatrun.load(ini)
+    assert str(info.value) == f"{ini}:{line}: {message}"
 
 
 @pytest.mark.parametrize(("text", "line", "message"), [pytest.param(*c[1:], id=c[0]) for c in REFUSED])

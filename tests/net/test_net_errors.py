@@ -10,10 +10,11 @@ CONV = "[c]\nInput=sp\nType=Conv\n"  # lines 1-3
 CASES = [
     ("unknown-type", "[c]\nInput=sp\nType=Convolution\nNbOutputs=4\n", (1, 8, 8),
      "test.ini:3: [c] Type: No cell generator for type 'Convolution'. (qatrun builds: Activation, BatchNorm, "
-     "Conv, Deconv, Dropout, ElemWise, Fc, LRN, Normalize, Padding, Pool, Reshape, Resize, Scaling, Softmax, Transpose)"),
+     "Conv, Deconv, Dropout, ElemWise, FMP, Fc, LRN, Normalize, Padding, Pool, Reshape, Resize, Scaling, Softmax, "
+     "Transpose)"),
     ("unknown-type-close", "[c]\nInput=sp\nType=Pooling\nNbOutputs=4\n", (1, 8, 8),
      "test.ini:3: [c] Type: No cell generator for type 'Pooling'. (did you mean 'Pool'?) (qatrun builds: "
-     "Activation, BatchNorm, Conv, Deconv, Dropout, ElemWise, Fc, LRN, Normalize, Padding, Pool, Reshape, Resize, "
+     "Activation, BatchNorm, Conv, Deconv, Dropout, ElemWise, FMP, Fc, LRN, Normalize, Padding, Pool, Reshape, Resize, "
      "Scaling, Softmax, Transpose)"),
     ("missing-type", "[c]\nInput=sp\nNbOutputs=4\n", (1, 8, 8), "test.ini:1: [c] Type: required key is missing"),
     ("unknown-input", CONV + "KernelDims=3 3\nNbOutputs=4\n[conv2]\nInput=cv\nType=Conv\nKernelDims=3 3\n"
