@@ -16,9 +16,12 @@ last row). Rows and columns draw their boundaries independently; one draw serves
 channel, as N2D2 draws once per pass.
 
 Learning draws new regions for every batch: the randomness is the point of the method (it regularizes
-like a data augmentation). Testing, fusion and the exports use one fixed set, the pseudo-random
-boundaries with ``u = 1/2`` (the evenly spread arrangement), so a trained network gives one answer and
-its integer form computes the same function.
+like a data augmentation). Testing, fusion and the exports use one fixed set, so a trained network gives
+one answer and its integer form computes the same function: the pseudo-random boundaries whose offset
+``a u`` is 1/2, ``b_i = floor(a i + 1/2)`` (``a i`` rounded half up), the one arrangement symmetric about
+the centre of the map. (Another offset shifts every region of every layer the same way; measured on a
+small MNIST network, the offset ``a u = 0.72`` that ``u = 1/2`` gives at ``a = 26/18`` lost 10 points
+against the draws it learned with, the centred one none.)
 
 Each region is written as a row of input indices, padded to the longest region by repeating its last
 index (a maximum does not change when an element is repeated), so a pass is an ``index_select`` and a
@@ -42,8 +45,6 @@ FMP_PARAMS = (
     Key("Overlapping", "bool", True, "neighbouring pooling regions share their edge row and column"),
     Key("PseudoRandom", "bool", True, "pseudo-random region boundaries (else a random order of region sizes)"),
 )
-FIXED_DRAW = 0.5
-"""The ``u`` of the fixed regions used outside learning."""
 
 
 def output_size(size: int, ratio: float) -> int:
@@ -56,6 +57,11 @@ def pseudo_random_bounds(size_in: int, size_out: int, u: float) -> list[int]:
     ratio = size_in / size_out
     bounds = [math.floor(ratio * (i + u)) - math.floor(ratio * u) for i in range(size_out)]
     return [*bounds, size_in]  # the exact end, free of the float product's rounding
+
+
+def centred_bounds(size_in: int, size_out: int) -> list[int]:
+    """``b_i = floor(a i + 1/2)`` with ``a = size_in / size_out``, in integers: the fixed regions."""
+    return [(2 * i * size_in + size_out) // (2 * size_out) for i in range(size_out + 1)]
 
 
 def random_bounds(size_in: int, size_out: int, generator: torch.Generator | None = None) -> list[int]:
@@ -106,7 +112,7 @@ class FractionalMaxPool(nn.Module):
         self.in_hw, self.out_hw = in_hw, out_hw
         self.overlapping, self.pseudo_random = overlapping, pseudo_random
         rows, cols = (
-            region_indices(pseudo_random_bounds(n, m, FIXED_DRAW), n, overlapping) for n, m in zip(in_hw, out_hw)
+            region_indices(centred_bounds(n, m), n, overlapping) for n, m in zip(in_hw, out_hw)
         )
         self.register_buffer("rows", rows, persistent=False)
         self.register_buffer("cols", cols, persistent=False)

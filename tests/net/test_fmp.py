@@ -4,6 +4,7 @@ as loops over the regions, torch's max-pooling where the ratio is an integer, le
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from qatrun import ini, net
 from qatrun.errors import ConfigError
 from qatrun.net.fmp import (
     FractionalMaxPool,
+    centred_bounds,
     output_size,
     pool_regions,
     pseudo_random_bounds,
@@ -48,6 +50,15 @@ def test_pseudo_random_bounds_partition_the_axis(n: int, m: int, u: float) -> No
     assert bounds[0] == 0 and bounds[-1] == n and len(bounds) == m + 1
     assert set(steps) <= {n // m, math.ceil(n / m)}, steps  # region sizes floor(a) or ceil(a)
     assert min(steps) >= 1
+
+
+@pytest.mark.parametrize(("n", "m"), SIZES)
+def test_the_fixed_regions_are_centred(n: int, m: int) -> None:
+    bounds = centred_bounds(n, m)
+    assert bounds == [math.floor(Fraction(i * n, m) + Fraction(1, 2)) for i in range(m + 1)]  # a i rounded half up
+    if not any(Fraction(i * n, m).denominator == 2 for i in range(m + 1)):  # no a i halfway between integers:
+        assert [n - b for b in reversed(bounds)] == bounds  # symmetric about the centre of the map
+        assert bounds == pseudo_random_bounds(n, m, m / (2 * n))  # the pseudo-random draw of offset a u = 1/2
 
 
 @pytest.mark.parametrize(("n", "m"), SIZES)
@@ -93,7 +104,7 @@ def test_testing_uses_the_fixed_regions_and_learning_draws_new_ones() -> None:
     module = FractionalMaxPool((26, 26), (18, 18), overlapping=True, pseudo_random=True)
     x = torch.randn(2, 3, 26, 26)
     module.eval()
-    fixed = naive(x, pseudo_random_bounds(26, 18, 0.5), pseudo_random_bounds(26, 18, 0.5), True)
+    fixed = naive(x, centred_bounds(26, 18), centred_bounds(26, 18), True)
     assert torch.equal(module(x), fixed) and torch.equal(module(x), fixed)
     module.train()
     torch.manual_seed(3)
