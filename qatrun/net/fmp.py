@@ -19,9 +19,9 @@ Learning draws new regions for every batch: the randomness is the point of the m
 like a data augmentation). Testing, fusion and the exports use one fixed set, so a trained network gives
 one answer and its integer form computes the same function: the pseudo-random boundaries whose offset
 ``a u`` is 1/2, ``b_i = floor(a i + 1/2)`` (``a i`` rounded half up), the one arrangement symmetric about
-the centre of the map. (Another offset shifts every region of every layer the same way; measured on a
-small MNIST network, the offset ``a u = 0.72`` that ``u = 1/2`` gives at ``a = 26/18`` lost 10 points
-against the draws it learned with, the centred one none.)
+the centre of the map. (Another offset shifts every region of every layer the same way. Measured on a small
+MNIST network after two epochs: validation 92.9% with fresh draws, 91.0% with the centred regions, 82.2%
+with the offset ``a u = 0.72`` that ``u = 1/2`` gives at ``a = 26/18``.)
 
 Each region is written as a row of input indices, padded to the longest region by repeating its last
 index (a maximum does not change when an element is repeated), so a pass is an ``index_select`` and a
