@@ -1046,11 +1046,113 @@ class RandomAffine(Transformation):
         return (y * 255.0).round().to(torch.uint8) if eight_bit else y.to(x.dtype)
 
 
+THRESHOLD_OPERATIONS = ("Binary", "BinaryInverted", "Truncate", "ToZero", "ToZeroInverted")
+
+
+def otsu_threshold(image: torch.Tensor) -> int:
+    """Otsu's threshold of one 8-bit plane: the level t maximising the between-class variance of the
+    classes ``<= t`` and ``> t`` (the first such level; OpenCV's ``THRESH_OTSU``)."""
+    hist = torch.bincount(image.flatten().long(), minlength=256).double()
+    p = hist / hist.sum()
+    levels = torch.arange(256, dtype=torch.float64)
+    w0 = torch.cumsum(p, 0)
+    mu0 = torch.cumsum(p * levels, 0)
+    mu = mu0[-1]
+    w1 = 1.0 - w0
+    valid = (w0 > 1e-12) & (w1 > 1e-12)
+    between = torch.where(valid, (mu * w0 - mu0) ** 2 / (w0 * w1).clamp(min=1e-300), torch.zeros_like(w0))
+    return int(torch.argmax(between))
+
+
+def threshold(x: torch.Tensor, thresh: float | torch.Tensor, max_value: float, operation: str) -> torch.Tensor:
+    """``cv::threshold`` with a fixed level: ``src > thresh`` selects, per operation, ``max_value`` or 0
+    (``Binary``, ``BinaryInverted``), ``thresh`` or ``src`` (``Truncate``), ``src`` or 0 (``ToZero``,
+    ``ToZeroInverted``). On 8-bit data the level is ``floor(thresh)`` and the values ``round(max_value)``,
+    saturated, as OpenCV's 8-bit path."""
+    if x.dtype == torch.uint8:
+        t = torch.floor(torch.as_tensor(thresh, dtype=torch.float64))
+        high = min(max(round(max_value), 0), 255)
+        top, level = torch.tensor(high, dtype=torch.uint8), t.clamp(0, 255).to(torch.uint8)
+    else:
+        t = torch.as_tensor(thresh, dtype=torch.float64)
+        top, level = torch.tensor(max_value, dtype=x.dtype), t.to(x.dtype)
+    above = x.double() > t
+    zero = torch.zeros((), dtype=x.dtype)
+    if operation == "Binary":
+        return torch.where(above, top, zero)
+    if operation == "BinaryInverted":
+        return torch.where(above, zero, top)
+    if operation == "Truncate":
+        return torch.where(above, level, x)
+    if operation == "ToZero":
+        return torch.where(above, x, zero)
+    assert operation == "ToZeroInverted", operation
+    return torch.where(above, zero, x)
+
+
+@dataclass(frozen=True)
+class Threshold(Transformation):
+    """``ThresholdTransformation``: OpenCV's ``threshold`` on each image, at ``Threshold`` or, with
+    ``OtsuMethod=1``, at Otsu's level of the image (8-bit, one channel). Keeps the pixel type."""
+
+    name: ClassVar[str] = "ThresholdTransformation"
+    keys: ClassVar[tuple[Key, ...]] = (
+        Key("Threshold", "float", 0.0, "the level (ignored with OtsuMethod=1)"),
+        Key("OtsuMethod", "bool", False, "take each image's Otsu level instead"),
+        Key("Operation", "enum", "Binary", "what each value becomes", THRESHOLD_OPERATIONS),
+        Key("MaxValue", "float", 1.0, "the value of Binary and BinaryInverted"),
+    )
+    threshold: float = 0.0
+    otsu_method: bool = False
+    operation: str = "Binary"
+    max_value: float = 1.0
+
+    def _validated(self, section: Section) -> Transformation:
+        if not self.otsu_method and not section.has("Threshold"):
+            raise section.error("Threshold", "required key is missing (or write OtsuMethod=1)")
+        return self
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if not self.otsu_method:
+            return threshold(x, self.threshold, self.max_value, self.operation)
+        if x.dtype != torch.uint8 or x.shape[1] != 1:
+            raise DataError(f"{self.name}: OtsuMethod=1 needs 8-bit images of one channel (found "
+                            f"{'8-bit' if x.dtype == torch.uint8 else 'float'} data of {x.shape[1]} channels)")
+        return torch.cat([threshold(image[None], otsu_threshold(image), self.max_value, self.operation)
+                          for image in x])
+
+
+@dataclass(frozen=True)
+class RangeClipping(Transformation):
+    """``RangeClippingTransformation``: every value clamped to [``RangeMin``, ``RangeMax``] (both required
+    here); 8-bit data stay 8-bit (the bounds rounded, saturated)."""
+
+    name: ClassVar[str] = "RangeClippingTransformation"
+    pointwise: ClassVar[bool] = True
+    keys: ClassVar[tuple[Key, ...]] = (
+        Key("RangeMin", "float", doc="the lowest value kept"),
+        Key("RangeMax", "float", doc="the highest value kept"),
+    )
+    range_min: float
+    range_max: float
+
+    def _validated(self, section: Section) -> Transformation:
+        if self.range_min > self.range_max:
+            raise section.error("RangeMax",
+                                f"expected a value >= RangeMin ({self.range_min:g}), found {self.range_max:g}")
+        return self
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        if x.dtype == torch.uint8:
+            low, high = (min(max(round(v), 0), 255) for v in (self.range_min, self.range_max))
+            return x.clamp(low, high)
+        return x.clamp(self.range_min, self.range_max)
+
+
 # N2D2's other image transformations (signal processing, morphology, noise): refused by name, saying what to do.
 UNIMPLEMENTED_TRANSFORMATIONS = tuple(f"{name}Transformation" for name in (
     "Apodization", "CentroidCrop", "CompressionNoise", "DCT", "DFT", "Filter", "GradientFilter", "MagnitudePhase",
-    "MorphologicalReconstruction", "Morphology", "RangeClipping", "Reshape", "StripeRemove", "Threshold", "Trim",
-    "WallisFilter",
+    "MorphologicalReconstruction", "Morphology", "Reshape", "StripeRemove", "Trim", "WallisFilter",
 ))
 
 # Transformations of N2D2's segmentation labels: refused by name, saying why.
@@ -1160,6 +1262,8 @@ TRANSFORMATIONS: dict[str, type[Transformation]] = {
         Affine,
         Equalize,
         RandomAffine,
+        Threshold,
+        RangeClipping,
     )
 }
 """Registry: the ``Type=`` value -> the transformation class."""

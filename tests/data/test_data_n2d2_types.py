@@ -1,9 +1,11 @@
-"""N2D2 classification types qatrun adds for N2D2's model files: Caltech101/256_DIR_Database,
-EqualizeTransformation (equalizeHist and CLAHE, each against OpenCV's algorithm), RandomAffineTransformation;
-and the label transformations it refuses."""
+"""N2D2 classification types qatrun adds for N2D2's model files: Caltech101/256_DIR_Database, CSV_Database,
+EqualizeTransformation (equalizeHist and CLAHE, each against OpenCV's algorithm), RandomAffineTransformation,
+ThresholdTransformation (with Otsu's level) and RangeClippingTransformation; and the label transformations it
+refuses."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import torch
 from PIL import Image
 
 from qatrun.data import DataSpec
-from qatrun.data.transforms import RandomAffine, clahe, equalize_hist
+from qatrun.data.transforms import RandomAffine, RangeClipping, Threshold, clahe, equalize_hist
 from qatrun.errors import ConfigError, DataError
 from tests.data.helpers import doc, mnist_folder, scaled
 
@@ -273,3 +275,76 @@ def test_csv_needs_its_file(tmp_path: Path) -> None:
     with pytest.raises(DataError) as data_error:
         spec.open(0)
     assert "data set not found: looked for a CSV file (one stimulus per line) in" in str(data_error.value)
+
+
+def threshold_reference(p: int, t: float, max_value: float, operation: str) -> int:
+    """OpenCV's 8-bit threshold of one pixel, written from its documented rule (level floor(t), value round)."""
+    level, top = math.floor(t), min(max(round(max_value), 0), 255)
+    above = p > level
+    return {"Binary": top if above else 0, "BinaryInverted": 0 if above else top,
+            "Truncate": min(max(level, 0), 255) if above else p, "ToZero": p if above else 0,
+            "ToZeroInverted": 0 if above else p}[operation]
+
+
+@pytest.mark.parametrize("operation", ["Binary", "BinaryInverted", "Truncate", "ToZero", "ToZeroInverted"])
+@pytest.mark.parametrize(("t", "max_value"), [(127.0, 255.0), (99.5, 1.0), (-3.0, 200.4), (255.0, 7.0), (0.0, 300.0)])
+def test_threshold_on_8_bit_images_pixel_by_pixel(operation: str, t: float, max_value: float) -> None:
+    x = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    y = Threshold(t, False, operation, max_value)(x)
+    assert y.dtype == torch.uint8
+    assert y.flatten().tolist() == [threshold_reference(p, t, max_value, operation) for p in range(256)]
+
+
+def test_threshold_on_float_data() -> None:
+    x = torch.tensor([[[[-1.0, 0.25, 0.5, 0.75]]]])
+    assert Threshold(0.5, False, "Binary", 2.0)(x).flatten().tolist() == [0.0, 0.0, 0.0, 2.0]
+    assert Threshold(0.5, False, "Truncate", 1.0)(x).flatten().tolist() == [-1.0, 0.25, 0.5, 0.5]
+    assert Threshold(0.3, False, "ToZeroInverted", 1.0)(x).flatten().tolist() == [-1.0, 0.25, 0.0, 0.0]
+
+
+def otsu_reference(image: np.ndarray) -> int:
+    """The level t maximising w0 w1 (mu0 - mu1)^2 over the classes <= t and > t, by brute force."""
+    values = image.ravel().astype(np.float64)
+    best, best_t = -1.0, 0
+    for t in range(256):
+        low, high = values[values <= t], values[values > t]
+        if len(low) == 0 or len(high) == 0:
+            continue
+        between = len(low) * len(high) / len(values) ** 2 * (low.mean() - high.mean()) ** 2
+        if between > best + 1e-9:
+            best, best_t = between, t
+    return best_t
+
+
+def test_threshold_otsu_per_image(tmp_path: Path) -> None:
+    train, _, _, _ = mnist_folder(tmp_path, 6, 2, gz=False)
+    text = (f"[database]\nType=MNIST_IDX_Database\nDataPath={tmp_path}\n[sp]\nSizeX=28\nSizeY=28\n"
+            "[sp.Transformation]\nType=ThresholdTransformation\nOtsuMethod=1\nMaxValue=255\n")
+    x = torch.cat([x for x, _ in DataSpec.from_doc(doc(text)).open(0).loader("Learn", shuffle=False)])
+    images = np.asarray(train)
+    assert x.shape[0] == len(images)
+    for got, image in zip(x, images):
+        t = otsu_reference(image)
+        assert torch.equal(got[0], torch.from_numpy(((image > t) * 1.0).astype(np.float32)))  # 255 -> 1.0
+
+
+def test_range_clipping() -> None:
+    x8 = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)
+    assert RangeClipping(10.4, 200.6)(x8).flatten().tolist() == [min(max(p, 10), 201) for p in range(256)]
+    xf = torch.linspace(-2, 2, 9).view(1, 1, 3, 3)
+    assert torch.equal(RangeClipping(-0.5, 1.0)(xf), xf.clamp(-0.5, 1.0))
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("Type=ThresholdTransformation\n", "t.ini:6: [sp.Transformation] Threshold: required key is missing (or write "
+                                       "OtsuMethod=1)"),
+    ("Type=RangeClippingTransformation\nRangeMin=0\n",
+     "t.ini:6: [sp.Transformation] RangeMax: required key is missing"),
+    ("Type=RangeClippingTransformation\nRangeMin=2\nRangeMax=1\n",
+     "t.ini:9: [sp.Transformation] RangeMax: expected a value >= RangeMin (2), found 1"),
+])
+def test_threshold_and_range_clipping_keys(body: str, message: str) -> None:
+    base = "[database]\nType=MNIST_IDX_Database\n[sp]\nSizeX=28\nSizeY=28\n[sp.Transformation]\n"
+    with pytest.raises(ConfigError) as info:
+        DataSpec.from_doc(doc(base + body))
+    assert str(info.value) == message
