@@ -228,6 +228,6 @@ def test_qat_quantizers_start_from_the_data(tmp_path: Path, method: str) -> None
         assert not bn1.signed
     else:
         assert isinstance(q, LSQActivationQuantizer)
-        assert float(q.step) == pytest.approx(bn1.threshold / q.spec.bounds[1]) and bool(q.initialized)
+        assert float(q.step.detach()) == pytest.approx(bn1.threshold / q.spec.bounds[1]) and bool(q.initialized)
     assert 0 < bn1.threshold <= bn1.hi
     assert result.kind == "qat" and "->" in result.table()
