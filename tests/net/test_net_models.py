@@ -41,8 +41,29 @@ def test_every_model_is_tested() -> None:
          # the ONNX example: tests/cli/test_onnx_example.py builds both phases from their .onnx file
          "ResNet20-onnx-W4A4-clamp.ini", "ResNet20-onnx-W4A4.ini",
          # the float networks recipes quantize: tests/recipe/test_recipe.py applies them (the ONNX one too)
-         "LeNet-BN.ini", "ResNet20-onnx.ini"]
+         "LeNet-BN.ini", "ResNet20-onnx.ini",
+         # N2D2's fractional max-pooling
+         "FMP-MNIST.ini"]
     )
+
+
+def test_fmp_mnist() -> None:
+    _, gm = built("FMP-MNIST.ini", (1, 28, 28))
+    # each FMP: round(n / 1.414) outputs per side (26 -> 18.39, 16 -> 11.32, 9 -> 6.36)
+    assert table(gm) == {
+        "conv1": ((16, 26, 26), conv(1, 16, 3), 26 * 26 * conv(1, 16, 3)),
+        "bn1": ((16, 26, 26), bn(16), 0),
+        "fmp1": ((16, 18, 18), 0, 0),
+        "conv2": ((32, 16, 16), conv(16, 32, 3), 16 * 16 * conv(16, 32, 3)),
+        "bn2": ((32, 16, 16), bn(32), 0),
+        "fmp2": ((32, 11, 11), 0, 0),
+        "conv3": ((32, 9, 9), conv(32, 32, 3), 9 * 9 * conv(32, 32, 3)),
+        "bn3": ((32, 9, 9), bn(32), 0),
+        "fmp3": ((32, 6, 6), 0, 0),
+        "fc": ((10, 1, 1), 32 * 6 * 6 * 10, 32 * 6 * 6 * 10),
+        "soft": ((10, 1, 1), 0, 0),
+    }
+    assert gm(torch.rand(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_lenet() -> None:
