@@ -68,6 +68,12 @@ def read_path(section: Section, key: Key, unset: list[DataError]) -> str:
         return expand_env(text)
 
 
+def partition_fractions(settings: dict[str, Any]) -> tuple[float, float, float]:
+    """``Learn``, ``Validation``, ``Test`` of a driver's settings, ``Test=-1`` meaning ``1 - Learn - Validation``."""
+    learn, validation, test = (settings[key] for key in PARTITIONS)
+    return learn, validation, (max(0.0, 1.0 - learn - validation) if test < 0 else test)
+
+
 def round_half_away(value: float) -> int:
     """N2D2's ``Utils::round``: nearest integer, halves away from zero."""
     return int(math.floor(abs(value) + 0.5)) * (1 if value >= 0 else -1)
@@ -187,6 +193,15 @@ class Database:
     def _check_fraction(self, section: Section, key: str, value: float) -> None:
         if not 0.0 <= value <= 1.0:
             raise section.error(key, f"must lie in [0, 1], found {value}")
+
+    def _check_fractions(self, section: Section) -> None:
+        """``Learn``, ``Validation`` and ``Test`` (``-1``: the rest) in [0, 1], together at most 1."""
+        for key in PARTITIONS:
+            if key != "Test" or self.settings[key] != -1.0:
+                self._check_fraction(section, key, self.settings[key])
+        total = sum(partition_fractions(self.settings))
+        if total > 1.0 + 1e-9 or self.settings["Learn"] + self.settings["Validation"] > 1.0 + 1e-9:
+            raise section.error("Learn", f"Learn + Validation + Test = {total:g} exceeds 1")
 
     def candidates(self) -> list[tuple[Path, str]]:
         """Folders to look in, with how each was derived."""
@@ -629,16 +644,10 @@ class Directory(Database):
     @property
     def fractions(self) -> tuple[float, float, float]:
         """Learn, Validation, Test (default ``1 - Learn - Validation``)."""
-        learn, validation, test = (self.settings[key] for key in ("Learn", "Validation", "Test"))
-        return learn, validation, (max(0.0, 1.0 - learn - validation) if test < 0 else test)
+        return partition_fractions(self.settings)
 
     def validate(self, section: Section) -> None:
-        for key in ("Learn", "Validation", "Test"):
-            if key != "Test" or self.settings[key] != -1.0:
-                self._check_fraction(section, key, self.settings[key])
-        total = sum(self.fractions)
-        if total > 1.0 + 1e-9 or self.settings["Learn"] + self.settings["Validation"] > 1.0 + 1e-9:
-            raise section.error("Learn", f"Learn + Validation + Test = {total:g} exceeds 1")
+        self._check_fractions(section)
         if self.settings["LabelDepth"] < 1:
             raise section.error(
                 "LabelDepth", "must be at least 1 (qatrun trains classifiers: every image needs a label)"
@@ -960,15 +969,10 @@ class Csv(Database):
     @property
     def fractions(self) -> tuple[float, float, float]:
         """Learn, Validation, Test (default ``1 - Learn - Validation``)."""
-        learn, validation, test = (self.settings[key] for key in ("Learn", "Validation", "Test"))
-        return learn, validation, (max(0.0, 1.0 - learn - validation) if test < 0 else test)
+        return partition_fractions(self.settings)
 
     def validate(self, section: Section) -> None:
-        for key in ("Learn", "Validation", "Test"):
-            if key != "Test" or self.settings[key] != -1.0:
-                self._check_fraction(section, key, self.settings[key])
-        if sum(self.fractions) > 1.0 + 1e-9 or self.settings["Learn"] + self.settings["Validation"] > 1.0 + 1e-9:
-            raise section.error("Learn", f"Learn + Validation + Test = {sum(self.fractions):g} exceeds 1")
+        self._check_fractions(section)
         if self.settings["NbHeaderLines"] < 0:
             raise section.error("NbHeaderLines", f"expected 0 or more, found {self.settings['NbHeaderLines']}")
 

@@ -397,18 +397,9 @@ CONVERT = [
 ]
 
 
-@pytest.mark.parametrize(("text", "line", "message"), [pytest.param(*c[1:], id=c[0]) for c in CONVERT])
-def test_constructs_qatrun_does_not_take_say_what_to_write(tmp_path: Path, text: str, line: int,
-                                                           message: str) -> None:
-    ini = write(tmp_path, text)
-    with pytest.raises(QatrunError) as info:
-        qatrun.load(ini)
-    assert str(info.value) == f"{ini}:{line}: {message}"
-
-
-@pytest.mark.parametrize(("text", "line", "message"), [pytest.param(*c[1:], id=c[0]) for c in REFUSED])
-def test_out_of_scope_constructs_are_refused_with_the_reason(tmp_path: Path, text: str, line: int,
-                                                             message: str) -> None:
+@pytest.mark.parametrize(("text", "line", "message"), [pytest.param(*c[1:], id=c[0]) for c in REFUSED + CONVERT])
+def test_constructs_qatrun_does_not_take_are_refused_with_the_reason(tmp_path: Path, text: str, line: int,
+                                                                    message: str) -> None:
     ini = write(tmp_path, text)
     with pytest.raises(QatrunError) as info:
         qatrun.load(ini)
