@@ -966,11 +966,6 @@ class Csv(Database):
             raise section.error("DataPath", "required key is missing (the CSV file; CSV_Database has no default)")
         return super().from_section(section)
 
-    @property
-    def fractions(self) -> tuple[float, float, float]:
-        """Learn, Validation, Test (default ``1 - Learn - Validation``)."""
-        return partition_fractions(self.settings)
-
     def validate(self, section: Section) -> None:
         self._check_fractions(section)
         if self.settings["NbHeaderLines"] < 0:
@@ -1022,8 +1017,9 @@ class Csv(Database):
         return path, torch.tensor(rows, dtype=torch.float32)[:, None, None, :], labels, label_names
 
     def _partition(self, n: int, seed: int) -> dict[str, torch.Tensor]:
-        complete = abs(sum(self.fractions) - 1.0) < 1e-9
-        parts = split(torch.arange(n), self.fractions, self.generator(seed), 2 if complete else None)
+        fractions = partition_fractions(self.settings)
+        complete = abs(sum(fractions) - 1.0) < 1e-9
+        parts = split(torch.arange(n), fractions, self.generator(seed), 2 if complete else None)
         return dict(zip(PARTITIONS, parts))
 
     def partition(self, found: tuple[Path, list[Path]], seed: int) -> dict[str, torch.Tensor]:

@@ -1046,6 +1046,11 @@ class RandomAffine(Transformation):
         return (y * 255.0).round().to(torch.uint8) if eight_bit else y.to(x.dtype)
 
 
+def _u8(value: float) -> int:
+    """A value as an 8-bit level: rounded half to even, saturated to [0, 255] (OpenCV's ``saturate_cast``)."""
+    return min(max(round(value), 0), 255)
+
+
 THRESHOLD_OPERATIONS = ("Binary", "BinaryInverted", "Truncate", "ToZero", "ToZeroInverted")
 
 
@@ -1071,7 +1076,7 @@ def threshold(x: torch.Tensor, thresh: float | torch.Tensor, max_value: float, o
     saturated, as OpenCV's 8-bit path."""
     if x.dtype == torch.uint8:
         t = torch.floor(torch.as_tensor(thresh, dtype=torch.float64))
-        high = min(max(round(max_value), 0), 255)
+        high = _u8(max_value)
         top, level = torch.tensor(high, dtype=torch.uint8), t.clamp(0, 255).to(torch.uint8)
     else:
         t = torch.as_tensor(thresh, dtype=torch.float64)
@@ -1144,8 +1149,7 @@ class RangeClipping(Transformation):
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if x.dtype == torch.uint8:
-            low, high = (min(max(round(v), 0), 255) for v in (self.range_min, self.range_max))
-            return x.clamp(low, high)
+            return x.clamp(_u8(self.range_min), _u8(self.range_max))
         return x.clamp(self.range_min, self.range_max)
 
 

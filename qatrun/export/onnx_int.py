@@ -605,27 +605,26 @@ class IntWriter:
                                self.g.const("hi", np.array(float(steps)))], "x_sat")
         self.env[node] = Levels(self.g.cast(p, elem, "input_int"), elem, 0, steps)
 
+    def _max_input(self, node: fx.Node, name: str) -> Levels:
+        """The levels a maximum reads: uint8/int8 as they are, wider levels as float32 (exact below 2^24)."""
+        x = self._levels(node.args[0], name)  # type: ignore[arg-type]
+        if x.elem in (TensorProto.UINT8, TensorProto.INT8):
+            return x
+        if max(abs(x.lo), abs(x.hi)) >= FLOAT32_EXACT:
+            raise RunError(f"{name}: max-pooling levels beyond 2^24 has no exact onnxruntime kernel")
+        return Levels(self._as(x, TensorProto.FLOAT), TensorProto.FLOAT, x.lo, x.hi)
+
     def max_pool(self, node: fx.Node, m: IntMaxPool2d) -> None:
         name = str(node.target)
-        x = self._levels(node.args[0], name)  # type: ignore[arg-type]
+        x = self._max_input(node, name)
         pair = lambda v: [v, v] if isinstance(v, int) else list(v)  # noqa: E731
         attrs = {"kernel_shape": pair(m.kernel_size), "strides": pair(m.stride), "pads": pair(m.padding) * 2,
                  "dilations": pair(m.dilation), "ceil_mode": int(m.ceil_mode)}
-        if x.elem in (TensorProto.UINT8, TensorProto.INT8):
-            self.env[node] = Levels(self.g.op("MaxPool", [x.name], name, **attrs), x.elem, x.lo, x.hi)
-            return
-        if max(abs(x.lo), abs(x.hi)) >= FLOAT32_EXACT:
-            raise RunError(f"{name}: max-pooling levels beyond 2^24 has no exact onnxruntime kernel")
-        pooled = self.g.op("MaxPool", [self._as(x, TensorProto.FLOAT)], name, **attrs)
-        self.env[node] = Levels(pooled, TensorProto.FLOAT, x.lo, x.hi)
+        self.env[node] = Levels(self.g.op("MaxPool", [x.name], name, **attrs), x.elem, x.lo, x.hi)
 
     def fractional_max_pool(self, node: fx.Node, m: IntFractionalMaxPool) -> None:
         name = str(node.target)
-        x = self._levels(node.args[0], name)  # type: ignore[arg-type]
-        if x.elem not in (TensorProto.UINT8, TensorProto.INT8):
-            if max(abs(x.lo), abs(x.hi)) >= FLOAT32_EXACT:
-                raise RunError(f"{name}: max-pooling levels beyond 2^24 has no exact onnxruntime kernel")
-            x = Levels(self._as(x, TensorProto.FLOAT), TensorProto.FLOAT, x.lo, x.hi)
+        x = self._max_input(node, name)
         pooled = self.g.region_max(x.name, m.rows.numpy(), m.cols.numpy(), name)
         self.env[node] = Levels(pooled, x.elem, x.lo, x.hi)
 
